@@ -1,0 +1,23 @@
+//! `sinkstar::Error`: one enum joining each module's own error type.
+
+use crate::generate::GenerateError;
+use crate::gpu::GpuError;
+use crate::model::gguf::GgufError;
+use crate::model::ModelError;
+use crate::tokenizer::TokenizerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,366 @@
+//! The adapter, the device and everything created on it: buffers (limits checked first, memory
+//! counted), pipelines (cached by variant name) and error scopes that turn wgpu validation
+//! errors into typed errors instead of panics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::pipeline::{Kernel, PipelineSpec};
+use super::GpuError;
+
+/// How to choose the adapter.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12`, `gl`, `webgpu` or `all`; `None` reads `WGPU_BACKEND`, else all.
+    pub backend: Option<String>,
+    /// Index into [`list_adapters`]; `None` takes the best adapter wgpu offers.
+    pub adapter: Option<usize>,
+}
+
+/// What `sinkstar info` shows of an adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+}
+
+/// One open device with its queue. Cheap to share by reference; pipelines are cached inside.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
+    /// Bytes of buffers created through [`Gpu::buffer`] and still alive (what `bench` reports).
+    allocated_bytes: Arc<AtomicU64>,
+    /// Errors wgpu raised outside an error scope (e.g. during a submit), reported at readback.
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+fn instance(backend: Option<&str>) -> Result<wgpu::Instance, GpuError> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(name) = backend {
+        desc.backends = parse_backends(name)?;
+    }
+    Ok(wgpu::Instance::new(desc))
+}
+
+fn parse_backends(name: &str) -> Result<wgpu::Backends, GpuError> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "vulkan" => wgpu::Backends::VULKAN,
+        "metal" => wgpu::Backends::METAL,
+        "dx12" => wgpu::Backends::DX12,
+        "gl" => wgpu::Backends::GL,
+        "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
+        "all" => wgpu::Backends::all(),
+        _ => {
+            return Err(GpuError::UnknownBackend {
+                name: name.to_string(),
+            })
+        }
+    })
+}
+
+fn summary(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+    }
+}
+
+/// Every adapter the chosen backends offer, in wgpu's order (the order `--adapter` indexes).
+pub async fn list_adapters(backend: Option<&str>) -> Result<Vec<AdapterSummary>, GpuError> {
+    let instance = instance(backend)?;
+    let adapters = instance.enumerate_adapters(instance_backends(backend)?).await;
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| summary(i, &a.get_info()))
+        .collect())
+}
+
+fn instance_backends(backend: Option<&str>) -> Result<wgpu::Backends, GpuError> {
+    match backend {
+        Some(name) => parse_backends(name),
+        None => Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())),
+    }
+}
+
+impl Gpu {
+    /// Opens a device on the chosen adapter with the adapter's own limits (the defaults are far
+    /// below what a model needs, e.g. storage bindings).
+    pub async fn new(options: &GpuOptions) -> Result<Gpu, GpuError> {
+        let backend = options.backend.as_deref();
+        let instance = instance(backend)?;
+        let backends = instance_backends(backend)?;
+        let no_adapter = || GpuError::NoAdapter {
+            backends: format!("{backends:?}"),
+            hint: if cfg!(target_arch = "wasm32") {
+                ": this browser has no WebGPU (try Chromium with --enable-unsafe-webgpu)".into()
+            } else {
+                ": install a Vulkan driver (on machines without a GPU: Mesa's lavapipe, \
+                 package mesa-vulkan-drivers)"
+                    .into()
+            },
+        };
+        let adapter = match options.adapter {
+            Some(index) => {
+                let mut adapters = instance.enumerate_adapters(backends).await;
+                if adapters.is_empty() {
+                    return Err(no_adapter());
+                }
+                if index >= adapters.len() {
+                    return Err(GpuError::AdapterIndex {
+                        index,
+                        available: adapters.len(),
+                    });
+                }
+                adapters.swap_remove(index)
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|_| no_adapter())?,
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = wgpu::Features::empty();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("sinkstar"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(e.to_string());
+            }
+        }));
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: Mutex::new(HashMap::new()),
+            allocated_bytes: Arc::new(AtomicU64::new(0)),
+            uncaptured,
+        })
+    }
+
+    /// Blocking form of [`Gpu::new`] for native code.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(options: &GpuOptions) -> Result<Gpu, GpuError> {
+        pollster::block_on(Gpu::new(options))
+    }
+
+    pub fn summary(&self) -> AdapterSummary {
+        summary(0, &self.info)
+    }
+
+    /// Bytes held by live buffers made with [`Gpu::buffer`].
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Runs `create` inside validation and out-of-memory error scopes and turns what they
+    /// catch into `GpuError::Create` naming `what`.
+    pub fn scoped<T>(&self, what: &str, create: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = create();
+        let errors = [validation.pop(), oom.pop()].map(pollster::block_on);
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(GpuError::Create {
+                what: what.to_string(),
+                message: e.to_string(),
+            }),
+            None => Ok(value),
+        }
+    }
+
+    /// Fails if wgpu reported an error outside a scope since the last check.
+    pub fn check_uncaptured(&self) -> Result<(), GpuError> {
+        let mut errors = self.uncaptured.lock().map_err(|_| GpuError::Device {
+            message: "error log poisoned".into(),
+        })?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(GpuError::Device { message })
+    }
+
+    /// A buffer of `bytes` bytes, checked against the device limits before anything is created.
+    /// Storage buffers are bound whole, so they must also fit one storage binding.
+    pub fn buffer(
+        &self,
+        what: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<TrackedBuffer, GpuError> {
+        // wgpu rejects zero-sized bindings; a 4-byte buffer stands in for an empty one.
+        let bytes = bytes.max(4).next_multiple_of(4);
+        let too_large = |limit: u64, limit_name| GpuError::BufferTooLarge {
+            what: what.to_string(),
+            bytes,
+            limit,
+            limit_name,
+        };
+        if bytes > self.limits.max_buffer_size {
+            return Err(too_large(self.limits.max_buffer_size, "max_buffer_size"));
+        }
+        if usage.contains(wgpu::BufferUsages::STORAGE)
+            && bytes > u64::from(self.limits.max_storage_buffer_binding_size)
+        {
+            return Err(too_large(
+                self.limits.max_storage_buffer_binding_size.into(),
+                "max_storage_buffer_binding_size",
+            ));
+        }
+        let buffer = self.scoped(what, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        })?;
+        self.allocated_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(TrackedBuffer {
+            buffer,
+            counter: self.allocated_bytes.clone(),
+        })
+    }
+
+    /// A storage buffer (read/write by shaders, copy in and out) of `bytes` bytes.
+    pub fn storage(&self, what: &str, bytes: u64) -> Result<TrackedBuffer, GpuError> {
+        use wgpu::BufferUsages as U;
+        self.buffer(what, bytes, U::STORAGE | U::COPY_DST | U::COPY_SRC)
+    }
+
+    /// A storage buffer filled with `data`.
+    pub fn storage_with(&self, what: &str, data: &[u8]) -> Result<TrackedBuffer, GpuError> {
+        let buffer = self.storage(what, data.len() as u64)?;
+        self.queue.write_buffer(&buffer, 0, data);
+        Ok(buffer)
+    }
+
+    /// The cached pipeline for `spec`, built on first use (the label is the cache key).
+    pub fn kernel(&self, spec: &PipelineSpec) -> Result<Arc<Kernel>, GpuError> {
+        let mut cache = self.pipelines.lock().map_err(|_| GpuError::Device {
+            message: "pipeline cache poisoned".into(),
+        })?;
+        if let Some(kernel) = cache.get(&spec.label) {
+            return Ok(kernel.clone());
+        }
+        let kernel = Arc::new(Kernel::new(self, spec)?);
+        cache.insert(spec.label.clone(), kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Copies `bytes` bytes of `buffer` from `offset` back to the host. Waits for all work
+    /// submitted before it.
+    pub async fn read(
+        &self,
+        what: &str,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        use wgpu::BufferUsages as U;
+        let staging = self.buffer(what, bytes, U::MAP_READ | U::COPY_DST)?;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        self.read_mapped(what, &staging, bytes).await
+    }
+
+    /// Maps a `MAP_READ` buffer and copies its first `bytes` bytes out, then unmaps it.
+    pub async fn read_mapped(
+        &self,
+        what: &str,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let fail = |message: String| GpuError::Readback {
+            what: what.to_string(),
+            message,
+        };
+        let slice = staging.slice(..bytes);
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
+        // Native backends need a poll to make progress; on the web it is a no-op.
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| fail(e.to_string()))?;
+        receiver
+            .await
+            .map_err(|_| fail("map callback dropped".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| fail(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        self.check_uncaptured()?;
+        Ok(data)
+    }
+
+    /// Blocking readback of `bytes` bytes as f32 values, for native code and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, n_elems: usize) -> Result<Vec<f32>, GpuError> {
+        let bytes = pollster::block_on(self.read("f32 readback", buffer, 0, n_elems as u64 * 4))?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Blocking readback of u32 values.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, n_elems: usize) -> Result<Vec<u32>, GpuError> {
+        let bytes = pollster::block_on(self.read("u32 readback", buffer, 0, n_elems as u64 * 4))?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}
+
+/// A buffer whose size counts towards [`Gpu::allocated_bytes`] while it lives.
+pub struct TrackedBuffer {
+    buffer: wgpu::Buffer,
+    counter: Arc<AtomicU64>,
+}
+
+impl std::ops::Deref for TrackedBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for TrackedBuffer {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+    }
+}

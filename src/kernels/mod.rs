@@ -1,0 +1,53 @@
+//! One module per WGSL kernel family: its `Params` (the Pod twin of the WGSL struct), its
+//! variants, its dispatch and its plain-Rust `_cpu` reference. [`all_variants`] lists every
+//! pipeline variant, for the naga test and for warming the cache.
+
+use crate::gpu::preprocess::preprocess;
+use crate::gpu::{GpuError, PipelineSpec};
+
+pub mod attention;
+pub mod embed;
+pub mod kv_write;
+pub mod matmul;
+pub mod rms_norm;
+pub mod sample;
+pub mod swiglu;
+
+macro_rules! shader_table {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../shaders/", $path)))),*]
+    };
+}
+
+/// Every WGSL file, embedded so that includes resolve the same way natively and in the browser.
+/// A new file (including one under `common/`) must be listed here.
+pub const SHADERS: &[(&str, &str)] = shader_table![
+    "attention.wgsl",
+    "embed.wgsl",
+    "kv_write.wgsl",
+    "matmul.wgsl",
+    "rms_norm.wgsl",
+    "sample.wgsl",
+    "swiglu.wgsl",
+];
+
+/// Preprocesses `file` from [`SHADERS`] with `defines`.
+pub fn shader_source(file: &str, defines: &[&str]) -> Result<String, GpuError> {
+    preprocess(file, SHADERS, defines)
+}
+
+/// Every pipeline variant of every family.
+pub fn all_variants() -> Vec<Result<PipelineSpec, GpuError>> {
+    [
+        attention::variants(),
+        embed::variants(),
+        kv_write::variants(),
+        matmul::variants(),
+        rms_norm::variants(),
+        sample::variants(),
+        swiglu::variants(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}

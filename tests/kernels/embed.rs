@@ -1,0 +1,1 @@
+// embed kernel tests: being written

@@ -1,0 +1,34 @@
+use sinkstar::kernels::rms_norm::{rms_norm_cpu, Params, RmsNorm};
+
+use crate::{arena_with, assert_close, gpu, random_vec, rng, run, TOL_REDUCTION};
+
+#[test]
+fn rms_norm_matches_cpu() {
+    let gpu = gpu();
+    let kernel = RmsNorm::new(gpu).unwrap();
+    let mut rng = rng(7);
+    // 1, a prime, a non-multiple of the workgroup size, the model's width.
+    for (n_rows, dim) in [(1, 1), (3, 7), (5, 65), (2, 576), (17, 1536)] {
+        let x = random_vec(&mut rng, n_rows * dim, 3.0);
+        let weight = random_vec(&mut rng, dim, 1.5);
+        let eps = 1e-5;
+        let params = Params {
+            n_rows: n_rows as u32,
+            dim: dim as u32,
+            eps,
+            _pad: 0,
+        };
+        let (arena, slot) = arena_with(gpu, &params);
+        let x_buf = gpu.storage_with("x", bytemuck::cast_slice(&x)).unwrap();
+        let w_buf = gpu.storage_with("weight", bytemuck::cast_slice(&weight)).unwrap();
+        let out = gpu.storage("out", (n_rows * dim * 4) as u64).unwrap();
+        let dispatch = kernel
+            .dispatch(gpu, arena.binding(slot), &x_buf, &w_buf, &out, n_rows as u32)
+            .unwrap();
+        run(gpu, &[&dispatch]);
+        let got = gpu.read_f32(&out, n_rows * dim).unwrap();
+        let mut want = vec![0.0; n_rows * dim];
+        rms_norm_cpu(&x, &weight, eps, &mut want);
+        assert_close(&format!("rms_norm {n_rows}x{dim}"), &got, &want, TOL_REDUCTION);
+    }
+}

@@ -1,0 +1,1 @@
+// sample kernel tests: being written
