@@ -1,4 +1,5 @@
-// rms_norm: out[r, i] = weight[i] * x[r, i] / sqrt(mean_j x[r, j]^2 + eps)
+// rms_norm: out[r, i] = weight[i] * x[first_row + r, i] / sqrt(mean_j x[first_row + r, j]^2 + eps)
+// `first_row` lets the final norm read only the last token's row of a prefill chunk.
 // One workgroup per row; threads stride over the row, then tree-reduce the squares in `partial`.
 // Flags: none. Overrides: WG_SIZE (a power of two). Spec: none (standard Llama RMSNorm).
 
@@ -8,11 +9,11 @@ struct Params {
     n_rows: u32,
     dim: u32,
     eps: f32,
-    _pad: u32,
+    first_row: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;        // [n_rows, dim]
+@group(0) @binding(1) var<storage, read> x: array<f32>;        // [first_row + n_rows, dim]
 @group(0) @binding(2) var<storage, read> weight: array<f32>;   // [dim]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, dim]
 
@@ -30,7 +31,7 @@ fn main(
     if row >= params.n_rows {
         return;
     }
-    let base = row * params.dim;
+    let base = (params.first_row + row) * params.dim;
     var sum = 0.0;
     for (var i = lid; i < params.dim; i += WG_SIZE) {
         let v = x[base + i];
@@ -46,6 +47,6 @@ fn main(
     }
     let scale = inverseSqrt(partial[0] / f32(params.dim) + params.eps);
     for (var i = lid; i < params.dim; i += WG_SIZE) {
-        out[base + i] = weight[i] * (x[base + i] * scale);
+        out[row * params.dim + i] = weight[i] * (x[base + i] * scale);
     }
 }

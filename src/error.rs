@@ -1,7 +1,10 @@
 //! `sinkstar::Error`: one enum joining each module's own error type.
 
+use crate::attention::PolicyError;
 use crate::generate::GenerateError;
 use crate::gpu::GpuError;
+use crate::kernels::attention::AttentionError;
+use crate::kernels::sample::SampleError;
 use crate::model::gguf::GgufError;
 use crate::model::ModelError;
 use crate::tokenizer::TokenizerError;
@@ -16,6 +19,12 @@ pub enum Error {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Attention(#[from] AttentionError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Sample(#[from] SampleError),
     #[error(transparent)]
     Generate(#[from] GenerateError),
 }

@@ -1,1 +1,469 @@
+//! The sinkstar command line: chat, generate, info, bench.
+
+#[cfg(target_arch = "wasm32")]
 fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::io::{BufRead, IsTerminal, Read, Write};
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anyhow::Context;
+    use clap::{Args, Parser, Subcommand};
+    use sinkstar::attention::AttentionPolicy;
+    use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
+    use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
+    use sinkstar::model::gguf::Gguf;
+    use sinkstar::model::{default_model_path, GpuModel, Session, SessionOptions};
+    use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
+    use sinkstar::tokenizer::Tokenizer;
+
+    #[derive(Parser)]
+    #[command(version, about = "LLM runtime on WGSL compute shaders")]
+    struct Cli {
+        /// GGUF model file [default: $SINKSTAR_HOME/SmolLM2-135M-Instruct.Q4_1.gguf,
+        /// SINKSTAR_HOME defaulting to ~/.cache/sinkstar]
+        #[arg(long, global = true)]
+        model: Option<PathBuf>,
+        /// Graphics backend: vulkan, metal, dx12, gl or all [default: $WGPU_BACKEND, else all]
+        #[arg(long, global = true)]
+        backend: Option<String>,
+        /// Adapter index as listed by `sinkstar info` [default: the best one]
+        #[arg(long, global = true)]
+        adapter: Option<usize>,
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Interactive chat through the model's chat template (/reset, /quit; Ctrl-C ends a reply)
+        Chat {
+            /// System message [default: the chat template's own]
+            #[arg(long)]
+            system: Option<String>,
+            #[command(flatten)]
+            run: RunArgs,
+        },
+        /// Continues a prompt (raw text unless --chat) and prints only the generated text
+        Generate {
+            /// Prompt text; read from standard input when absent
+            #[arg(short, long)]
+            prompt: Option<String>,
+            /// Wrap the prompt as a user turn of the chat template
+            #[arg(long)]
+            chat: bool,
+            /// System message for --chat [default: the template's own]
+            #[arg(long)]
+            system: Option<String>,
+            #[command(flatten)]
+            run: RunArgs,
+        },
+        /// Adapters, chosen backend, device limits and the model summary
+        Info,
+        /// Prefill and decode speed, and GPU memory held
+        Bench {
+            /// Prompt lengths to time prefill at
+            #[arg(long, value_delimiter = ',', default_values_t = vec![128usize, 512])]
+            prompt_tokens: Vec<usize>,
+            /// Tokens to decode after a short prompt
+            #[arg(long, default_value_t = 128)]
+            decode_tokens: usize,
+            /// Timed repetitions of each measurement (the best is reported)
+            #[arg(long, default_value_t = 3)]
+            repeat: usize,
+            /// Write the results as JSON to this file too
+            #[arg(long)]
+            json: Option<PathBuf>,
+        },
+    }
+
+    #[derive(Args, Clone)]
+    struct RunArgs {
+        /// Most tokens in one reply
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        /// 0 means greedy
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// 0 turns top-k off
+        #[arg(long, default_value_t = 40)]
+        top_k: u32,
+        /// 1 turns top-p off
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// 1 turns the penalty off
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        /// Tokens of history the repetition penalty looks at
+        #[arg(long, default_value_t = 64)]
+        repeat_last_n: u32,
+        /// Seed of the sampler
+        #[arg(long, default_value_t = 0)]
+        seed: u32,
+        /// KV cache slots (the dense policy stops with a clear error when they are full)
+        #[arg(long, default_value_t = 2048)]
+        context: usize,
+    }
+
+    impl RunArgs {
+        fn options(&self) -> anyhow::Result<GenerateOptions> {
+            let sampling = SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repeat_penalty,
+                penalty_last_n: self.repeat_last_n,
+                seed: self.seed,
+            };
+            sampling.validate()?;
+            Ok(GenerateOptions {
+                max_tokens: self.max_tokens,
+                sampling,
+                stop_at_eos: true,
+            })
+        }
+    }
+
+    pub fn main() -> ExitCode {
+        let cli = Cli::parse();
+        match run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// The GPU, the GGUF and what is built from them, loaded once per command.
+    struct Loaded {
+        model: Arc<GpuModel>,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+    }
+
+    fn gpu(cli: &Cli) -> anyhow::Result<Arc<Gpu>> {
+        let options = GpuOptions {
+            backend: cli.backend.clone(),
+            adapter: cli.adapter,
+        };
+        Ok(Arc::new(Gpu::new_blocking(&options)?))
+    }
+
+    fn model_path(cli: &Cli) -> PathBuf {
+        cli.model.clone().unwrap_or_else(default_model_path)
+    }
+
+    fn load(cli: &Cli) -> anyhow::Result<Loaded> {
+        let path = model_path(cli);
+        if cli.model.is_none() && !path.exists() {
+            anyhow::bail!(
+                "the default model is not at {}: run scripts/fetch-model.sh (or pass --model)",
+                path.display()
+            );
+        }
+        let gguf = Gguf::open(&path).with_context(|| format!("loading {}", path.display()))?;
+        let gpu = gpu(cli)?;
+        let start = Instant::now();
+        let model = Arc::new(GpuModel::load(gpu.clone(), &gguf)?);
+        eprintln!(
+            "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            gpu.info.name,
+            gpu.info.backend,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Loaded {
+            model,
+            tokenizer: Tokenizer::from_gguf(&gguf)?,
+            template: ChatTemplate::from_gguf(&gguf)?,
+        })
+    }
+
+    fn session(loaded: &Loaded, run: &RunArgs) -> anyhow::Result<Session> {
+        Ok(Session::new(
+            loaded.model.clone(),
+            &SessionOptions {
+                policy: AttentionPolicy::Dense,
+                capacity: run.context,
+                ..SessionOptions::default()
+            },
+        )?)
+    }
+
+    /// Ctrl-C sets the flag (ending the current reply) instead of killing the program.
+    fn cancel_flag() -> anyhow::Result<Arc<AtomicBool>> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        ctrlc::set_handler(move || handler_flag.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+        Ok(flag)
+    }
+
+    fn run(cli: Cli) -> anyhow::Result<()> {
+        match &cli.command {
+            Command::Info => info(&cli),
+            Command::Generate {
+                prompt,
+                chat,
+                system,
+                run,
+            } => {
+                let text = match prompt {
+                    Some(text) => text.clone(),
+                    None => {
+                        let mut text = String::new();
+                        std::io::stdin().read_to_string(&mut text)?;
+                        text
+                    }
+                };
+                let loaded = load(&cli)?;
+                let text = if *chat {
+                    let mut messages: Vec<ChatMessage> =
+                        system.iter().map(ChatMessage::system).collect();
+                    messages.push(ChatMessage::user(text));
+                    loaded.template.render(&messages, true)?
+                } else {
+                    text
+                };
+                let prompt = loaded.tokenizer.encode(&text)?;
+                let mut session = session(&loaded, run)?;
+                let cancel = cancel_flag()?;
+                let mut stdout = std::io::stdout();
+                let generation = generate(
+                    &mut session,
+                    &loaded.tokenizer,
+                    &prompt,
+                    &run.options()?,
+                    &cancel,
+                    &mut |piece| {
+                        let _ = stdout.write_all(piece.as_bytes());
+                        let _ = stdout.flush();
+                    },
+                )?;
+                println!();
+                eprintln!(
+                    "sinkstar: {} prompt tokens in {:.2}s, {} tokens at {:.1} tok/s ({:?})",
+                    generation.prompt_tokens,
+                    generation.prefill_secs,
+                    generation.tokens.len(),
+                    generation.decode_tokens_per_sec(),
+                    generation.stop
+                );
+                Ok(())
+            }
+            Command::Chat { system, run } => {
+                let loaded = load(&cli)?;
+                let options = run.options()?;
+                let session = session(&loaded, run)?;
+                let mut chat = Chat::new(
+                    session,
+                    loaded.tokenizer.clone(),
+                    loaded.template,
+                    system.clone(),
+                );
+                let cancel = cancel_flag()?;
+                chat_loop(&mut chat, &options, &cancel)
+            }
+            Command::Bench {
+                prompt_tokens,
+                decode_tokens,
+                repeat,
+                json,
+            } => bench(&cli, prompt_tokens, *decode_tokens, *repeat, json.as_deref()),
+        }
+    }
+
+    fn chat_loop(
+        chat: &mut Chat,
+        options: &GenerateOptions,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        let interactive = std::io::stdin().is_terminal();
+        if interactive {
+            eprintln!("Type a message; /reset starts over, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply.");
+        }
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            let line = line.trim();
+            match line {
+                "" => continue,
+                "/quit" | "/exit" => break,
+                "/reset" => {
+                    chat.reset();
+                    eprintln!("(conversation reset)");
+                    continue;
+                }
+                _ => {}
+            }
+            cancel.store(false, Ordering::Relaxed);
+            let mut stdout = std::io::stdout();
+            let result = chat.send(line, options, cancel, &mut |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            });
+            println!();
+            match result {
+                Ok(generation) => {
+                    if generation.stop == StopReason::Cancelled {
+                        eprintln!("(reply stopped)");
+                    }
+                    eprintln!(
+                        "[{} tokens, {:.1} tok/s, {} of {} cache slots used]",
+                        generation.tokens.len(),
+                        generation.decode_tokens_per_sec(),
+                        chat.session().n_seen(),
+                        chat.session().capacity()
+                    );
+                }
+                // A full context or a bad input ends the reply, not the chat.
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn info(cli: &Cli) -> anyhow::Result<()> {
+        let adapters = pollster::block_on(list_adapters(cli.backend.as_deref()))?;
+        println!("adapters:");
+        for a in &adapters {
+            println!(
+                "  [{}] {} ({}, {}) {}",
+                a.index, a.name, a.backend, a.device_type, a.driver
+            );
+        }
+        let gpu = gpu(cli)?;
+        let l = &gpu.limits;
+        println!(
+            "chosen: {} ({:?}, {:?})",
+            gpu.info.name, gpu.info.backend, gpu.info.device_type
+        );
+        println!(
+            "limits: storage binding {} MiB, buffer {} MiB, {} storage buffers/stage, \
+             {} invocations/workgroup, {} KiB workgroup memory, {} workgroups/dimension",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_storage_buffers_per_shader_stage,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_workgroups_per_dimension
+        );
+        let path = model_path(cli);
+        match Gguf::open(&path) {
+            Ok(gguf) => {
+                let config = sinkstar::model::LlamaConfig::from_gguf(&gguf)?;
+                println!("model: {} (GGUF v{})", path.display(), gguf.version);
+                println!("  {config:?}");
+                let mut counts = std::collections::BTreeMap::new();
+                for t in &gguf.tensors {
+                    let (n, bytes) = counts.entry(t.ggml_type.name()).or_insert((0, 0u64));
+                    *n += 1;
+                    *bytes += t.n_bytes;
+                }
+                for (name, (n, bytes)) in counts {
+                    println!("  {n} tensors of {name}, {:.1} MiB", bytes as f64 / 1048576.0);
+                }
+            }
+            Err(e) => println!("model: {} ({e})", path.display()),
+        }
+        Ok(())
+    }
+
+    /// Deterministic prompt tokens that look like text to the model: a sentence repeated.
+    fn bench_prompt(tokenizer: &Tokenizer, n_tokens: usize) -> anyhow::Result<Vec<u32>> {
+        let sentence = tokenizer.encode(
+            "The quick brown fox jumps over the lazy dog while the river keeps running to the sea. ",
+        )?;
+        Ok(sentence.iter().copied().cycle().take(n_tokens).collect())
+    }
+
+    fn bench(
+        cli: &Cli,
+        prompt_lens: &[usize],
+        decode_tokens: usize,
+        repeat: usize,
+        json: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        let loaded = load(cli)?;
+        let gpu = loaded.model.gpu();
+        let capacity = prompt_lens.iter().copied().max().unwrap_or(0).max(16) + decode_tokens + 1;
+        let mut session = Session::new(
+            loaded.model.clone(),
+            &SessionOptions {
+                policy: AttentionPolicy::Dense,
+                capacity,
+                ..SessionOptions::default()
+            },
+        )?;
+        let greedy = SamplingParams::greedy();
+        let repeat = repeat.max(1);
+        println!("device: {} ({:?}, {:?})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
+        // The first run of each pipeline pays for shader compilation: warm everything up.
+        session.reset();
+        session.feed_and_sample(&bench_prompt(&loaded.tokenizer, 8)?, &greedy)?;
+        session.decode(&greedy)?;
+        let mut prefill = Vec::new();
+        for &n in prompt_lens {
+            let prompt = bench_prompt(&loaded.tokenizer, n)?;
+            let mut best = f64::INFINITY;
+            for _ in 0..repeat {
+                session.reset();
+                let start = Instant::now();
+                session.feed_and_sample(&prompt, &greedy)?;
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            println!("prefill {n:5} tokens: {:8.1} tok/s ({best:.3} s)", n as f64 / best);
+            prefill.push((n, n as f64 / best));
+        }
+        let prompt = bench_prompt(&loaded.tokenizer, 16)?;
+        let mut decode_rate = 0.0f64;
+        for _ in 0..repeat {
+            session.reset();
+            session.feed_and_sample(&prompt, &greedy)?;
+            let start = Instant::now();
+            for _ in 0..decode_tokens {
+                session.decode(&greedy)?;
+            }
+            decode_rate = decode_rate.max(decode_tokens as f64 / start.elapsed().as_secs_f64());
+        }
+        let dispatches = session.decode_dispatches();
+        println!(
+            "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, 1 submission per token)"
+        );
+        let memory = gpu.allocated_bytes();
+        println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
+        if let Some(path) = json {
+            let result = serde_json::json!({
+                "device": gpu.info.name,
+                "backend": format!("{:?}", gpu.info.backend),
+                "prefill": prefill
+                    .iter()
+                    .map(|(n, rate)| serde_json::json!({"tokens": n, "tok_per_s": rate}))
+                    .collect::<Vec<_>>(),
+                "decode_tokens": decode_tokens,
+                "decode_tok_per_s": decode_rate,
+                "decode_dispatches": dispatches,
+                "gpu_memory_bytes": memory,
+            });
+            std::fs::write(path, format!("{result:#}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}

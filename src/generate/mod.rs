@@ -1,7 +1,222 @@
-//! Generation (placeholder, being written).
+//! Generation: the decode loop with its stop conditions and streaming, and multi-turn chat
+//! through the model's chat template. The GPU work (forward pass and sampling) happens in
+//! [`crate::model::Session`]; this module only decides what to feed and when to stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use web_time::Instant;
+
+use crate::model::Session;
+use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
+use crate::tokenizer::Tokenizer;
+use crate::Error;
+
+pub use crate::kernels::sample::SamplingParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("generation not written yet")]
-    NotYet,
+    #[error("the prompt is empty: there is no token to predict from")]
+    EmptyPrompt,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens generated for one reply.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop when the model emits its end-of-sequence token (not printed, not fed back).
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 512,
+            sampling: SamplingParams::default(),
+            stop_at_eos: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    Cancelled,
+}
+
+/// What one reply produced, with its timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated tokens, without the end-of-sequence token.
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    /// Prefill of the prompt plus the first sampled token.
+    pub prefill_secs: f64,
+    /// Every later token.
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1);
+        if self.decode_secs > 0.0 {
+            n as f64 / self.decode_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Feeds `prompt` after whatever `session` holds, then samples up to `options.max_tokens`
+/// tokens, calling `on_text` with each piece of text as soon as it is whole UTF-8. `cancel`
+/// (e.g. set by Ctrl-C) ends the reply after the current token.
+pub fn generate(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, Error> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt.into());
+    }
+    let start = Instant::now();
+    let mut stream = tokenizer.stream();
+    let mut tokens = Vec::new();
+    let mut stop = StopReason::MaxTokens;
+    let prefill_secs;
+    if options.max_tokens > 0 {
+        let mut token = session.feed_and_sample(prompt, &options.sampling)?;
+        prefill_secs = start.elapsed().as_secs_f64();
+        loop {
+            if options.stop_at_eos && token == tokenizer.eos() {
+                stop = StopReason::Eos;
+                break;
+            }
+            tokens.push(token);
+            if let Some(text) = stream.push(token)? {
+                on_text(&text);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if tokens.len() == options.max_tokens {
+                break;
+            }
+            token = session.decode(&options.sampling)?;
+        }
+    } else {
+        session.feed(prompt)?;
+        prefill_secs = start.elapsed().as_secs_f64();
+    }
+    if let Some(text) = stream.finish() {
+        on_text(&text);
+    }
+    Ok(Generation {
+        tokens,
+        stop,
+        prompt_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs: start.elapsed().as_secs_f64() - prefill_secs,
+    })
+}
+
+/// A multi-turn conversation: each turn renders the whole conversation with the chat
+/// template and feeds only the tokens the session does not already hold.
+pub struct Chat {
+    session: Session,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    system: Option<String>,
+    messages: Vec<ChatMessage>,
+    /// Exactly the tokens the session's cache holds, in order.
+    fed: Vec<u32>,
+}
+
+impl Chat {
+    /// `system` replaces the template's default system message when given.
+    pub fn new(
+        session: Session,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        system: Option<String>,
+    ) -> Chat {
+        let messages = system.iter().map(ChatMessage::system).collect();
+        Chat {
+            session,
+            tokenizer,
+            template,
+            system,
+            messages,
+            fed: Vec::new(),
+        }
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Forgets the conversation (keeps the system message).
+    pub fn reset(&mut self) {
+        self.session.reset();
+        self.fed.clear();
+        self.messages = self.system.iter().map(ChatMessage::system).collect();
+    }
+
+    /// Adds a user turn and streams the assistant's reply.
+    pub fn send(
+        &mut self,
+        user: &str,
+        options: &GenerateOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, Error> {
+        self.messages.push(ChatMessage::user(user));
+        let text = self.template.render(&self.messages, true)?;
+        let tokens = self.tokenizer.encode(&text)?;
+        // The cache holds the previous turns; when re-tokenising them gives other ids (BPE
+        // is not unique for generated text), drop the cache back to the common prefix.
+        let common = self
+            .fed
+            .iter()
+            .zip(&tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common < self.fed.len() {
+            self.session.truncate(common)?;
+            self.fed.truncate(common);
+        }
+        let result = generate(
+            &mut self.session,
+            &self.tokenizer,
+            &tokens[common..],
+            options,
+            cancel,
+            on_text,
+        );
+        let generation = match result {
+            Ok(generation) => generation,
+            Err(e) => {
+                // Keep the conversation consistent with what the cache holds.
+                self.messages.pop();
+                self.session.truncate(self.fed.len())?;
+                return Err(e);
+            }
+        };
+        self.fed.extend_from_slice(&tokens[common..]);
+        // Each generated token was fed back to produce the next one; only a reply that ended
+        // at the end-of-sequence token fed its last one too (the end token itself never is).
+        let n_fed = match generation.stop {
+            StopReason::Eos => generation.tokens.len(),
+            StopReason::MaxTokens | StopReason::Cancelled => generation.tokens.len().saturating_sub(1),
+        };
+        self.fed.extend_from_slice(&generation.tokens[..n_fed]);
+        let reply = self.tokenizer.decode(&generation.tokens)?;
+        self.messages.push(ChatMessage::assistant(reply));
+        Ok(generation)
+    }
 }

@@ -17,10 +17,11 @@ pub struct UniformArena {
 }
 
 impl UniformArena {
-    /// An arena for `n_slots` structs of up to one uniform offset alignment each (256 bytes on
-    /// every adapter we know).
+    /// An arena for `n_slots` structs of up to 256 bytes each. Slots start at multiples of
+    /// 256, which is also a multiple of every adapter's uniform offset alignment (a power of
+    /// two, at most 256; lavapipe's is only 32, too small for some `Params`).
     pub fn new(gpu: &Gpu, what: &str, n_slots: u32) -> Result<UniformArena, GpuError> {
-        let stride = gpu.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let stride = gpu.limits.min_uniform_buffer_offset_alignment.max(256) as usize;
         let bytes = stride as u64 * u64::from(n_slots.max(1));
         let buffer = gpu.buffer(
             what,

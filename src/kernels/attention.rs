@@ -1,7 +1,426 @@
-//! attention: being written.
+//! attention: softmax attention of raw queries over a slot-addressed KV cache of raw keys, with
+//! RoPE applied inside the kernel at cache positions (sink-window.md §3, option A of §4).
+//!
+//! Dense causal attention is the special case `n_sink >= every token index, window = 1` (then
+//! `q_pos = t` and `k_pos = u`); a sink-window policy uses the same kernel with real `n_sink` and
+//! `window`. Which slot holds which token (`slot_token`) is decided by the host policy in
+//! `crate::attention`; this module only computes. Also here: the RoPE table and the CPU rotation
+//! ([`rope_table`], [`rope_cpu`]) that the CPU forward pass shares.
 
-use crate::gpu::{GpuError, PipelineSpec};
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::shader_source;
+use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
+
+/// `slot_token` value of a slot that holds no token.
+pub const EMPTY_SLOT: u32 = u32::MAX;
+
+/// Errors of the attention kernels (attention and kv_write): shapes the kernels cannot run and
+/// buffers too small for the shape.
+#[derive(Debug, thiserror::Error)]
+pub enum AttentionError {
+    #[error("attention: head_dim {head_dim} must be even and between 2 and {max}")]
+    HeadDim { head_dim: u32, max: u32 },
+    #[error("attention: {n_heads} query heads cannot be shared evenly by {n_kv_heads} kv heads")]
+    HeadGroups { n_heads: u32, n_kv_heads: u32 },
+    #[error(
+        "attention: window {window} must be at least 1 and n_sink {n_sink} + window below 2^32"
+    )]
+    SinkWindow { n_sink: u32, window: u32 },
+    #[error("attention: tokens {first_token}..+{n_rows} overflow u32")]
+    TokenRange { first_token: u32, n_rows: u32 },
+    #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
+    BufferSize {
+        kernel: &'static str,
+        what: &'static str,
+        bytes: u64,
+        needed: u64,
+    },
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// Twin of the WGSL `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct Params {
+    /// Query rows; row `r` is text token `first_token + r`.
+    pub n_rows: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Slots scanned, `0..n_slots` (at most the cache capacity).
+    pub n_slots: u32,
+    pub first_token: u32,
+    /// Tokens `0..n_sink` are sinks: always visible, RoPE position = token index.
+    pub n_sink: u32,
+    /// Non-sink tokens visible to `t`: `t + 1 - window ..= t`.
+    pub window: u32,
+    /// Softmax scale, `1 / sqrt(head_dim)` for Llama.
+    pub scale: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+impl Params {
+    /// Checks what the kernel relies on: an even head_dim within `max_head_dim`, whole GQA
+    /// groups, a non-empty window and no u32 overflow in positions.
+    pub fn validate(&self, max_head_dim: u32) -> Result<(), AttentionError> {
+        let hd = self.head_dim;
+        if hd == 0 || !hd.is_multiple_of(2) || hd > max_head_dim {
+            return Err(AttentionError::HeadDim {
+                head_dim: hd,
+                max: max_head_dim,
+            });
+        }
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
+            return Err(AttentionError::HeadGroups {
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+            });
+        }
+        if self.window == 0 || self.n_sink.checked_add(self.window).is_none() {
+            return Err(AttentionError::SinkWindow {
+                n_sink: self.n_sink,
+                window: self.window,
+            });
+        }
+        if self.first_token.checked_add(self.n_rows).is_none() {
+            return Err(AttentionError::TokenRange {
+                first_token: self.first_token,
+                n_rows: self.n_rows,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rows the RoPE table needs: the largest `q_pos` + 1 (no visible key has a larger `k_pos`).
+    pub fn n_pos(&self) -> u32 {
+        if self.n_rows == 0 {
+            return 0;
+        }
+        let last_token = self.first_token.saturating_add(self.n_rows - 1);
+        let max_pos = self.n_sink.saturating_add(self.window.saturating_sub(1));
+        last_token.min(max_pos).saturating_add(1)
+    }
+}
+
+/// One pipeline variant: how large a head the workgroup arrays hold and how many threads share
+/// the slots of one (row, head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub max_head_dim: u32,
+    pub wg_size: u32,
+}
+
+impl Variant {
+    /// Both keep the accumulators (`wg_size * max_head_dim` f32) at 16 KiB, half of SwiftShader's
+    /// 32 KiB of workgroup memory: 64 threads for the default model's 64-wide heads, 32 for heads
+    /// up to 128. Picked by [`Variant::for_head_dim`], smallest first.
+    pub const ALL: [Variant; 2] = [
+        Variant {
+            max_head_dim: 64,
+            wg_size: 64,
+        },
+        Variant {
+            max_head_dim: 128,
+            wg_size: 32,
+        },
+    ];
+
+    /// The smallest variant that holds `head_dim`.
+    pub fn for_head_dim(head_dim: u32) -> Result<Variant, AttentionError> {
+        let largest = Variant::ALL[Variant::ALL.len() - 1].max_head_dim;
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(AttentionError::HeadDim {
+                head_dim,
+                max: largest,
+            });
+        }
+        Variant::ALL
+            .into_iter()
+            .find(|v| head_dim <= v.max_head_dim)
+            .ok_or(AttentionError::HeadDim {
+                head_dim,
+                max: largest,
+            })
+    }
+
+    pub fn label(&self) -> String {
+        format!("attention_hd{}_wg{}", self.max_head_dim, self.wg_size)
+    }
+
+    /// Workgroup memory the shader declares: `q_rot` and `acc` (pairs of f32) and two per-thread
+    /// f32 arrays.
+    pub fn workgroup_bytes(&self) -> u64 {
+        let half = u64::from(self.max_head_dim / 2);
+        let wg = u64::from(self.wg_size);
+        (half + wg * half) * 8 + 2 * wg * 4
+    }
+
+    pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
+        let half = self.max_head_dim / 2;
+        Ok(PipelineSpec {
+            label: self.label(),
+            source: shader_source("attention.wgsl", &[])?,
+            entry: "main",
+            overrides: vec![
+                ("WG_SIZE".into(), f64::from(self.wg_size)),
+                ("MAX_HALF_DIM".into(), f64::from(half)),
+                ("ACC_ELEMS".into(), f64::from(self.wg_size * half)),
+            ],
+            bindings: vec![
+                Binding::Uniform,
+                Binding::Read,
+                Binding::Read,
+                Binding::Read,
+                Binding::Read,
+                Binding::Read,
+                Binding::ReadWrite,
+            ],
+        })
+    }
+}
 
 pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
-    Vec::new()
+    Variant::ALL.iter().map(Variant::spec).collect()
+}
+
+/// The buffers one attention dispatch binds (f32 unless noted).
+pub struct Buffers<'a> {
+    /// `[n_rows, n_heads, head_dim]`, raw (un-rotated) queries.
+    pub q: &'a wgpu::Buffer,
+    /// `[capacity, n_kv_heads, head_dim]`, raw keys as written by kv_write.
+    pub k_cache: &'a wgpu::Buffer,
+    /// `[capacity, n_kv_heads, head_dim]`.
+    pub v_cache: &'a wgpu::Buffer,
+    /// `[capacity]` u32: the token each slot holds, [`EMPTY_SLOT`] if none.
+    pub slot_token: &'a wgpu::Buffer,
+    /// `[n_pos, head_dim / 2, 2]` from [`rope_table`].
+    pub rope: &'a wgpu::Buffer,
+    /// `[n_rows, n_heads, head_dim]`.
+    pub out: &'a wgpu::Buffer,
+}
+
+pub struct Attention {
+    kernel: Arc<Kernel>,
+    variant: Variant,
+}
+
+impl Attention {
+    /// The pipeline of the smallest variant that holds `head_dim`.
+    pub fn new(gpu: &Gpu, head_dim: u32) -> Result<Attention, AttentionError> {
+        Attention::with_variant(gpu, Variant::for_head_dim(head_dim)?)
+    }
+
+    /// The pipeline of `variant`, after checking its workgroup against the device limits.
+    pub fn with_variant(gpu: &Gpu, variant: Variant) -> Result<Attention, AttentionError> {
+        let what = || format!("kernel `{}`", variant.label());
+        let limits = &gpu.limits;
+        let invocations = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        if variant.wg_size > invocations {
+            return Err(GpuError::Limit {
+                what: what(),
+                limit_name: "max_compute_invocations_per_workgroup",
+                limit: invocations.into(),
+                needed: variant.wg_size.into(),
+            }
+            .into());
+        }
+        let storage = u64::from(limits.max_compute_workgroup_storage_size);
+        if variant.workgroup_bytes() > storage {
+            return Err(GpuError::Limit {
+                what: what(),
+                limit_name: "max_compute_workgroup_storage_size",
+                limit: storage,
+                needed: variant.workgroup_bytes(),
+            }
+            .into());
+        }
+        Ok(Attention {
+            kernel: gpu.kernel(&variant.spec()?)?,
+            variant,
+        })
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Binds `buffers` for the shape in `params` (validated here, with every buffer checked to
+    /// hold that shape); the grid covers `params.n_rows * params.n_heads`. The arena slot behind
+    /// `params_binding` may later hold other rows and tokens, e.g. each decode step: keep them
+    /// within the buffers bound here ([`Params::n_pos`] rows of `rope`, `n_slots` slots) and
+    /// record with [`Attention::grid`] of the new row count.
+    pub fn dispatch(
+        &self,
+        gpu: &Gpu,
+        params_binding: wgpu::BindingResource,
+        params: &Params,
+        buffers: &Buffers,
+    ) -> Result<Dispatch, AttentionError> {
+        params.validate(self.variant.max_head_dim)?;
+        let hd = u64::from(params.head_dim);
+        let rows = u64::from(params.n_rows) * u64::from(params.n_heads) * hd;
+        let cache = u64::from(params.n_slots) * u64::from(params.n_kv_heads) * hd;
+        for (what, buffer, n_elems) in [
+            ("q", buffers.q, rows),
+            ("k_cache", buffers.k_cache, cache),
+            ("v_cache", buffers.v_cache, cache),
+            ("slot_token", buffers.slot_token, u64::from(params.n_slots)),
+            ("rope", buffers.rope, u64::from(params.n_pos()) * hd),
+            ("out", buffers.out, rows),
+        ] {
+            check_size("attention", what, buffer, n_elems)?;
+        }
+        Ok(Dispatch {
+            kernel: self.kernel.clone(),
+            bind_group: self.kernel.bind(
+                gpu,
+                &[
+                    params_binding,
+                    buffers.q.as_entire_binding(),
+                    buffers.k_cache.as_entire_binding(),
+                    buffers.v_cache.as_entire_binding(),
+                    buffers.slot_token.as_entire_binding(),
+                    buffers.rope.as_entire_binding(),
+                    buffers.out.as_entire_binding(),
+                ],
+            )?,
+            workgroups: Attention::grid(gpu, params.n_rows, params.n_heads)?,
+        })
+    }
+
+    /// One workgroup per (row, head).
+    pub fn grid(gpu: &Gpu, n_rows: u32, n_heads: u32) -> Result<[u32; 3], GpuError> {
+        grid(
+            gpu,
+            "attention rows x heads",
+            u64::from(n_rows) * u64::from(n_heads),
+        )
+    }
+}
+
+/// Fails unless `buffer` holds `n_elems` 4-byte values.
+pub(super) fn check_size(
+    kernel: &'static str,
+    what: &'static str,
+    buffer: &wgpu::Buffer,
+    n_elems: u64,
+) -> Result<(), AttentionError> {
+    let needed = n_elems * 4;
+    if buffer.size() < needed {
+        return Err(AttentionError::BufferSize {
+            kernel,
+            what,
+            bytes: buffer.size(),
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// The RoPE table `[n_pos, head_dim / 2]` of `(cos θ, sin θ)`, flattened to `n_pos * head_dim`
+/// values, with `θ = pos · base^(−2i / head_dim)` for pair `i`. Angles are computed in f64 and
+/// only cos and sin rounded to f32: an f32 angle would already be off by ~0.004 rad at pos 10^5.
+pub fn rope_table(base: f64, head_dim: usize, n_pos: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut table = Vec::with_capacity(n_pos * half * 2);
+    for pos in 0..n_pos {
+        for i in 0..half {
+            let theta = pos as f64 * base.powf(-2.0 * i as f64 / head_dim as f64);
+            table.push(theta.cos() as f32);
+            table.push(theta.sin() as f32);
+        }
+    }
+    table
+}
+
+/// Rotates one head vector `x_head [head_dim]` to position `pos`: each adjacent pair
+/// `(x[2i], x[2i+1])` turns by θ_i(pos) (model.md §5: interleaved pairs on GGUF rows).
+/// `table` comes from [`rope_table`] with the same `head_dim` and more than `pos` rows.
+pub fn rope_cpu(x_head: &mut [f32], pos: usize, table: &[f32]) {
+    let head_dim = x_head.len();
+    let row = &table[pos * head_dim..(pos + 1) * head_dim];
+    for (pair, cos_sin) in x_head.chunks_exact_mut(2).zip(row.chunks_exact(2)) {
+        let (x0, x1) = (pair[0], pair[1]);
+        let (cos, sin) = (cos_sin[0], cos_sin[1]);
+        pair[0] = x0 * cos - x1 * sin;
+        pair[1] = x0 * sin + x1 * cos;
+    }
+}
+
+/// CPU reference, written from sink-window.md §3 rather than from the kernel: per row it rebuilds
+/// the list of visible keys with their cache positions (in signed arithmetic, exactly as the spec
+/// writes the formulas), rotates the query and each key with [`rope_cpu`], and takes a
+/// max-subtracted softmax. A row that sees no key gets zeros.
+///
+/// `q`, `out`: `[n_rows, n_heads, head_dim]`; `k_cache`, `v_cache`: `[capacity, n_kv_heads,
+/// head_dim]`; `slot_token`: `[capacity]`; `rope`: from [`rope_table`].
+pub fn attention_cpu(
+    params: &Params,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    slot_token: &[u32],
+    rope: &[f32],
+    out: &mut [f32],
+) {
+    let hd = params.head_dim as usize;
+    let n_heads = params.n_heads as usize;
+    let n_kv_heads = params.n_kv_heads as usize;
+    let group = n_heads / n_kv_heads;
+    let (sinks, window) = (i64::from(params.n_sink), i64::from(params.window));
+    for r in 0..params.n_rows as usize {
+        let t = i64::from(params.first_token) + r as i64;
+        let lo = sinks.max(t - window + 1);
+        let q_pos = t.min(sinks + window - 1);
+        // (slot, k_pos) of every key token t may attend to.
+        let mut visible = Vec::new();
+        for (slot, &u) in slot_token[..params.n_slots as usize].iter().enumerate() {
+            if u == EMPTY_SLOT {
+                continue;
+            }
+            let u = i64::from(u);
+            // Spec: u >= t - W + 1, i.e. u among the last W tokens up to t.
+            if u <= t && (u < sinks || u > t - window) {
+                let k_pos = if u < sinks { u } else { sinks + (u - lo) };
+                visible.push((slot, k_pos as usize));
+            }
+        }
+        for h in 0..n_heads {
+            let kv_head = h / group;
+            let at = (r * n_heads + h) * hd;
+            let mut q_rot = q[at..at + hd].to_vec();
+            rope_cpu(&mut q_rot, q_pos as usize, rope);
+            let mut scores = Vec::with_capacity(visible.len());
+            for &(slot, k_pos) in &visible {
+                let kv_at = (slot * n_kv_heads + kv_head) * hd;
+                let mut k = k_cache[kv_at..kv_at + hd].to_vec();
+                rope_cpu(&mut k, k_pos, rope);
+                let qk: f32 = q_rot.iter().zip(&k).map(|(a, b)| a * b).sum();
+                scores.push(qk * params.scale);
+            }
+            // Subtracting the max leaves the softmax unchanged and keeps every exp <= 1.
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f32 = weights.iter().sum();
+            let out_head = &mut out[at..at + hd];
+            out_head.fill(0.0);
+            for (&(slot, _), w) in visible.iter().zip(&weights) {
+                let kv_at = (slot * n_kv_heads + kv_head) * hd;
+                for (o, v) in out_head.iter_mut().zip(&v_cache[kv_at..kv_at + hd]) {
+                    *o += w / sum * v;
+                }
+            }
+        }
+    }
 }

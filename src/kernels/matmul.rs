@@ -1,7 +1,559 @@
-//! matmul: being written.
+//! matmul: `out[r, o] (+)= sum_i x[r, i] * W[o, i]` for a weight matrix `W [n_out, n_in]` kept
+//! on the GPU as the raw bytes of its ggml blocks and decoded inside the shader.
+//!
+//! Two kernels per weight format: `vec` for decoding (one or a few rows, x in a uniform
+//! buffer) and `tile` for prefill (each decoded weight reused for several rows of x). Both can
+//! accumulate into `out`, which is how residual adds are fused (`x = x + Wo·a`). A dispatch
+//! checks the buffers it binds against the shape it is given and returns a [`MatmulError`]
+//! naming both, never a panic. The embed kernel reads the same weights.
+//! What this module leaves to others: reading GGUF files (`model::gguf`), mapping ggml types
+//! to [`WeightFormat`], and choosing between `vec` and `tile` (the forward pass).
 
-use crate::gpu::{GpuError, PipelineSpec};
+use std::fmt;
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::shader_source;
+use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec, TrackedBuffer};
+use crate::model::gguf::GgmlType;
+use crate::model::quant::dequantize;
+
+/// How the weights of a matrix are stored: the ggml block types sinkstar decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 6] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q8_0,
+    ];
+
+    /// Weights per block (1 for the float formats).
+    pub fn block_elems(self) -> usize {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::BF16 => 2,
+            WeightFormat::Q4_0 => 18, // f16 d, 16 bytes of nibbles
+            WeightFormat::Q4_1 => 20, // f16 d, f16 m, 16 bytes of nibbles
+            WeightFormat::Q8_0 => 34, // f16 d, 32 int8
+        }
+    }
+
+    /// Lower-case ggml name, used in variant names (`matmul_q4_1_vec`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::BF16 => "bf16",
+            WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The preprocessor flag that selects this format in `common/quant.wgsl`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "F32",
+            WeightFormat::F16 => "F16",
+            WeightFormat::BF16 => "BF16",
+            WeightFormat::Q4_0 => "Q4_0",
+            WeightFormat::Q4_1 => "Q4_1",
+            WeightFormat::Q8_0 => "Q8_0",
+        }
+    }
+
+    /// Bytes of a row of `n_elems` weights, or `None` if that is not a whole number of blocks
+    /// or overflows.
+    pub fn row_bytes(self, n_elems: usize) -> Option<usize> {
+        if n_elems % self.block_elems() != 0 {
+            return None;
+        }
+        (n_elems / self.block_elems()).checked_mul(self.block_bytes())
+    }
+
+    /// The same layout as a ggml type, for the CPU decoders of `model::quant`.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            WeightFormat::F32 => GgmlType::F32,
+            WeightFormat::F16 => GgmlType::F16,
+            WeightFormat::BF16 => GgmlType::BF16,
+            WeightFormat::Q4_0 => GgmlType::Q4_0,
+            WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Shape errors of the kernels that read weight matrices (matmul and embed). Each names the
+/// weight or kernel and the sizes involved.
+#[derive(Debug, thiserror::Error)]
+pub enum MatmulError {
+    #[error("weight `{what}`: n_in = {n_in} is not a multiple of the {format} block of {block_elems} values")]
+    NotBlockMultiple {
+        what: String,
+        format: WeightFormat,
+        n_in: usize,
+        block_elems: usize,
+    },
+    #[error("weight `{what}`: a [{n_out}, {n_in}] {format} matrix takes {expected_bytes} bytes, {n_bytes} given")]
+    WeightBytes {
+        what: String,
+        format: WeightFormat,
+        n_out: usize,
+        n_in: usize,
+        expected_bytes: usize,
+        n_bytes: usize,
+    },
+    #[error("kernel `{variant}`: a [{n_out}, {n_in}] {format} weight needs a {expected_bytes}-byte buffer (see upload_weight), the one bound has {bytes}")]
+    WeightBuffer {
+        variant: String,
+        format: WeightFormat,
+        n_out: u32,
+        n_in: u32,
+        expected_bytes: u64,
+        bytes: u64,
+    },
+    #[error("kernel `{variant}`: buffer `{buffer}` has {bytes} bytes, {n_rows} rows need {needed}")]
+    BufferTooSmall {
+        variant: String,
+        buffer: &'static str,
+        n_rows: u32,
+        bytes: u64,
+        needed: u64,
+    },
+    #[error("kernel `{variant}` reads x from a uniform buffer: create x with BufferUsages::UNIFORM and at least {needed} bytes (see matmul::VEC_X_BYTES)")]
+    XNotUniform { variant: String, needed: u64 },
+    #[error("kernel `{variant}`: {n_rows} rows of {n_in} values exceed the {capacity} values of its uniform x; use the tile kernel")]
+    TooManyRows {
+        variant: String,
+        n_rows: u32,
+        n_in: u32,
+        capacity: u64,
+    },
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// `sinkstar::Error` has no variant of its own for these yet: they reach it as
+/// `GpuError::Create` carrying this error's text.
+impl From<MatmulError> for crate::Error {
+    fn from(e: MatmulError) -> crate::Error {
+        match e {
+            MatmulError::Gpu(e) => crate::Error::Gpu(e),
+            other => crate::Error::Gpu(GpuError::Create {
+                what: "matmul".into(),
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// Checks that `n_bytes` is exactly a `[n_out, n_in]` matrix of `format`, for loaders that
+/// want the error before uploading.
+pub fn check_weight(
+    what: &str,
+    format: WeightFormat,
+    n_in: usize,
+    n_out: usize,
+    n_bytes: usize,
+) -> Result<(), MatmulError> {
+    let expected_bytes = weight_bytes(what, format, n_in, n_out)?;
+    if expected_bytes != Some(n_bytes) {
+        return Err(MatmulError::WeightBytes {
+            what: what.to_string(),
+            format,
+            n_out,
+            n_in,
+            expected_bytes: expected_bytes.unwrap_or(usize::MAX),
+            n_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of a `[n_out, n_in]` matrix of `format` (`None` on overflow), or the error for an
+/// `n_in` that is not a whole number of blocks.
+fn weight_bytes(
+    what: &str,
+    format: WeightFormat,
+    n_in: usize,
+    n_out: usize,
+) -> Result<Option<usize>, MatmulError> {
+    let row_bytes = format
+        .row_bytes(n_in)
+        .ok_or_else(|| MatmulError::NotBlockMultiple {
+            what: what.to_string(),
+            format,
+            n_in,
+            block_elems: format.block_elems(),
+        })?;
+    Ok(row_bytes.checked_mul(n_out))
+}
+
+/// What [`upload_weight`] makes of `n_bytes` bytes of blocks: zeros up to a multiple of 4
+/// bytes, then one spare zero word, because the shader's 32-bit reads of 2-byte aligned blocks
+/// (Q8_0, Q4_0, F16, BF16) may touch the word after the last block.
+pub fn padded_weight_bytes(n_bytes: usize) -> u64 {
+    n_bytes.next_multiple_of(4) as u64 + 4
+}
+
+/// Uploads the raw ggml blocks of a weight matrix `[n_out, n_in]` (ggml `ne = [n_in, n_out]`),
+/// exactly as stored in the GGUF, padded as [`padded_weight_bytes`] says. Dispatches check the
+/// buffer's size against the shape they are given.
+pub fn upload_weight(
+    gpu: &Gpu,
+    what: &str,
+    format: WeightFormat,
+    bytes: &[u8],
+) -> Result<TrackedBuffer, GpuError> {
+    // The format does not change the bytes; it is taken so that call sites read as what
+    // they upload.
+    let _ = format;
+    let buffer = gpu.storage(what, padded_weight_bytes(bytes.len()))?;
+    // write_buffer needs a multiple of 4 bytes; the rest of the buffer is zero from creation.
+    let whole = bytes.len() / 4 * 4;
+    gpu.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+    if whole < bytes.len() {
+        let mut tail = [0u8; 4];
+        tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+        gpu.queue.write_buffer(&buffer, whole as u64, &tail);
+    }
+    Ok(buffer)
+}
+
+/// Twin of the WGSL `Params`; also the shape a dispatch is checked against.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct Params {
+    pub n_rows: u32,
+    pub n_in: u32,
+    pub n_out: u32,
+    pub _pad: u32,
+}
+
+impl Params {
+    pub fn new(n_rows: u32, n_in: u32, n_out: u32) -> Params {
+        Params {
+            n_rows,
+            n_in,
+            n_out,
+            _pad: 0,
+        }
+    }
+}
+
+/// Which of the two kernels: `Vec` for one or a few rows (decoding), `Tile` for many (prefill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulKind {
+    Vec,
+    Tile,
+}
+
+impl MatmulKind {
+    pub const ALL: [MatmulKind; 2] = [MatmulKind::Vec, MatmulKind::Tile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKind::Vec => "vec",
+            MatmulKind::Tile => "tile",
+        }
+    }
+
+    /// Workgroup size, and rows and columns of out per invocation.
+    fn tile(self) -> (u32, u32, u32) {
+        match self {
+            MatmulKind::Vec => (VEC_WG_SIZE, 1, VEC_TILE_COLS),
+            MatmulKind::Tile => (TILE_WG_SIZE, TILE_ROWS, TILE_COLS),
+        }
+    }
+}
+
+/// Vec: 16 invocations of one output each; lavapipe runs small barrier-free workgroups best.
+const VEC_WG_SIZE: u32 = 16;
+const VEC_TILE_COLS: u32 = 1;
+/// Tile: each invocation 4 rows x 2 outputs, so a decoded weight serves 4 rows.
+const TILE_WG_SIZE: u32 = 16;
+const TILE_ROWS: u32 = 4;
+const TILE_COLS: u32 = 2;
+
+/// Size of the vec kernel's uniform x (`X_VEC4S` in matmul.wgsl): 64 KiB, the smallest
+/// `max_uniform_buffer_binding_size` WebGPU allows. x buffers for vec kernels need
+/// `BufferUsages::UNIFORM` and at least this many bytes.
+pub const VEC_X_BYTES: u64 = 65536;
+
+/// One pipeline variant: `matmul_<format>_<kind>[_acc]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub format: WeightFormat,
+    pub kind: MatmulKind,
+    /// Add the product to `out` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Variant {
+    pub fn all() -> Vec<Variant> {
+        let mut all = Vec::new();
+        for format in WeightFormat::ALL {
+            for kind in MatmulKind::ALL {
+                for accumulate in [false, true] {
+                    all.push(Variant {
+                        format,
+                        kind,
+                        accumulate,
+                    });
+                }
+            }
+        }
+        all
+    }
+
+    pub fn name(&self) -> String {
+        let acc = if self.accumulate { "_acc" } else { "" };
+        format!("matmul_{}_{}{acc}", self.format.name(), self.kind.name())
+    }
+
+    pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
+        let mut defines = vec![self.format.flag()];
+        if self.kind == MatmulKind::Vec {
+            defines.push("VEC");
+        }
+        if self.accumulate {
+            defines.push("ACCUMULATE");
+        }
+        let (wg_size, tile_rows, tile_cols) = self.kind.tile();
+        Ok(PipelineSpec {
+            label: self.name(),
+            source: shader_source("matmul.wgsl", &defines)?,
+            entry: "main",
+            overrides: vec![
+                ("WG_SIZE".into(), f64::from(wg_size)),
+                ("TILE_ROWS".into(), f64::from(tile_rows)),
+                ("TILE_COLS".into(), f64::from(tile_cols)),
+            ],
+            bindings: vec![
+                Binding::Uniform,
+                Binding::Read,
+                match self.kind {
+                    MatmulKind::Vec => Binding::Uniform,
+                    MatmulKind::Tile => Binding::Read,
+                },
+                Binding::ReadWrite,
+            ],
+        })
+    }
+}
 
 pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
-    Vec::new()
+    Variant::all().iter().map(Variant::spec).collect()
+}
+
+/// One built matmul variant.
+pub struct Matmul {
+    variant: Variant,
+    kernel: Arc<Kernel>,
+}
+
+impl Matmul {
+    pub fn new(
+        gpu: &Gpu,
+        format: WeightFormat,
+        kind: MatmulKind,
+        accumulate: bool,
+    ) -> Result<Matmul, GpuError> {
+        let variant = Variant {
+            format,
+            kind,
+            accumulate,
+        };
+        Ok(Matmul {
+            variant,
+            kernel: gpu.kernel(&variant.spec()?)?,
+        })
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Binds `weight [n_out, n_in]` (from [`upload_weight`]), `x [n_rows, n_in]` and
+    /// `out [n_rows, n_out]` (f32), after checking them against `shape`: the weight must be
+    /// exactly that matrix, x and out must hold `shape.n_rows` rows. `params` must hold
+    /// `shape`, or the same with fewer rows recorded with [`Matmul::grid`].
+    pub fn dispatch(
+        &self,
+        gpu: &Gpu,
+        params: wgpu::BindingResource,
+        weight: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        shape: Params,
+    ) -> Result<Dispatch, MatmulError> {
+        let variant = self.variant.name();
+        let Params {
+            n_rows,
+            n_in,
+            n_out,
+            ..
+        } = shape;
+        let format = self.variant.format;
+        let expected = weight_bytes(&variant, format, n_in as usize, n_out as usize)?
+            .map(padded_weight_bytes);
+        if expected != Some(weight.size()) {
+            return Err(MatmulError::WeightBuffer {
+                variant,
+                format,
+                n_out,
+                n_in,
+                expected_bytes: expected.unwrap_or(u64::MAX),
+                bytes: weight.size(),
+            });
+        }
+        let rows = u64::from(n_rows);
+        let too_small = |buffer, bytes, needed| MatmulError::BufferTooSmall {
+            variant: variant.clone(),
+            buffer,
+            n_rows,
+            bytes,
+            needed,
+        };
+        let x_bytes = rows * u64::from(n_in) * 4;
+        let x_binding = match self.variant.kind {
+            MatmulKind::Tile => {
+                if x.size() < x_bytes {
+                    return Err(too_small("x", x.size(), x_bytes));
+                }
+                x.as_entire_binding()
+            }
+            MatmulKind::Vec => {
+                if x_bytes > VEC_X_BYTES {
+                    return Err(MatmulError::TooManyRows {
+                        variant,
+                        n_rows,
+                        n_in,
+                        capacity: VEC_X_BYTES / 4,
+                    });
+                }
+                if !x.usage().contains(wgpu::BufferUsages::UNIFORM) || x.size() < VEC_X_BYTES {
+                    return Err(MatmulError::XNotUniform {
+                        variant,
+                        needed: VEC_X_BYTES,
+                    });
+                }
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: x,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(VEC_X_BYTES),
+                })
+            }
+        };
+        let out_bytes = rows * u64::from(n_out) * 4;
+        if out.size() < out_bytes {
+            return Err(too_small("out", out.size(), out_bytes));
+        }
+        Ok(Dispatch {
+            kernel: self.kernel.clone(),
+            bind_group: self.kernel.bind(
+                gpu,
+                &[
+                    params,
+                    weight.as_entire_binding(),
+                    x_binding,
+                    out.as_entire_binding(),
+                ],
+            )?,
+            workgroups: Self::grid(gpu, self.variant.kind, n_rows, n_out)?,
+        })
+    }
+
+    /// The grid of `kind` for `n_rows` rows and `n_out` outputs: one workgroup per
+    /// `WG_SIZE * TILE_COLS` outputs and `TILE_ROWS` rows, spilling into y past the
+    /// per-dimension limit.
+    pub fn grid(
+        gpu: &Gpu,
+        kind: MatmulKind,
+        n_rows: u32,
+        n_out: u32,
+    ) -> Result<[u32; 3], GpuError> {
+        let (wg_size, tile_rows, tile_cols) = kind.tile();
+        let n_col_groups = u64::from(n_out).div_ceil(u64::from(wg_size * tile_cols));
+        let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(tile_rows));
+        grid(gpu, "matmul workgroups", n_col_groups * n_row_tiles)
+    }
+}
+
+/// CPU reference: decodes the same blocks with `model::quant` and multiplies in plain loops.
+/// `weight` is `[n_out, n_in]` in `format`, `x` is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`.
+pub fn matmul_cpu(
+    format: WeightFormat,
+    weight: &[u8],
+    n_in: usize,
+    n_out: usize,
+    x: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+) -> Result<(), MatmulError> {
+    check_weight("matmul_cpu weight", format, n_in, n_out, weight.len())?;
+    let n_rows = if n_in == 0 { 0 } else { x.len() / n_in };
+    let too_small = |buffer, len: usize, needed: usize| MatmulError::BufferTooSmall {
+        variant: "matmul_cpu".into(),
+        buffer,
+        n_rows: n_rows as u32,
+        bytes: len as u64 * 4,
+        needed: needed as u64 * 4,
+    };
+    if x.len() != n_rows * n_in {
+        return Err(too_small("x", x.len(), (n_rows + 1) * n_in));
+    }
+    if out.len() != n_rows * n_out {
+        return Err(too_small("out", out.len(), n_rows * n_out));
+    }
+    let mut w = vec![0.0f32; n_out * n_in]; // [n_out, n_in]
+    dequantize(format.ggml_type(), weight, &mut w).map_err(|_| MatmulError::WeightBytes {
+        what: "matmul_cpu weight".into(),
+        format,
+        n_out,
+        n_in,
+        expected_bytes: n_out * format.row_bytes(n_in).unwrap_or(0),
+        n_bytes: weight.len(),
+    })?;
+    if n_in == 0 {
+        return Ok(());
+    }
+    for (x_row, out_row) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+        for (o, w_row) in out_row.iter_mut().zip(w.chunks_exact(n_in)) {
+            let mut sum = 0.0f32;
+            for (xi, wi) in x_row.iter().zip(w_row) {
+                sum += xi * wi;
+            }
+            *o = if accumulate { *o + sum } else { sum };
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,8 @@ macro_rules! shader_table {
 /// A new file (including one under `common/`) must be listed here.
 pub const SHADERS: &[(&str, &str)] = shader_table![
     "attention.wgsl",
+    "common/quant.wgsl",
+    "common/rope.wgsl",
     "embed.wgsl",
     "kv_write.wgsl",
     "matmul.wgsl",

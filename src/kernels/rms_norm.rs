@@ -1,4 +1,5 @@
-//! rms_norm: `out[r] = weight * x[r] / sqrt(mean(x[r]^2) + eps)`, one workgroup per row.
+//! rms_norm: `out[r] = weight * x[first_row + r] / sqrt(mean(x[first_row + r]^2) + eps)`, one
+//! workgroup per row.
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ pub struct Params {
     pub n_rows: u32,
     pub dim: u32,
     pub eps: f32,
-    pub _pad: u32,
+    /// First row of `x` to read (the output always starts at row 0).
+    pub first_row: u32,
 }
 
 /// 64 threads per row: rows are 576 wide in the default model, and lavapipe pays for every
@@ -51,7 +53,8 @@ impl RmsNorm {
         })
     }
 
-    /// Binds `x [n_rows, dim]`, `weight [dim]` and `out [n_rows, dim]`; the grid covers `n_rows`.
+    /// Binds `x [first_row + n_rows, dim]`, `weight [dim]` and `out [n_rows, dim]`; the grid
+    /// covers `n_rows`.
     pub fn dispatch(
         &self,
         gpu: &Gpu,

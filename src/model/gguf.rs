@@ -53,7 +53,7 @@ pub enum GgufError {
         needed: u64,
         file_len: u64,
     },
-    #[error("bad magic {found:02x?}: not a gguf file (expected the bytes \"GGUF\")")]
+    #[error("bad magic \"{}\": not a gguf file (expected \"GGUF\")", found.escape_ascii())]
     BadMagic { found: [u8; 4] },
     #[error("unsupported gguf version {version}: expected 2 or 3")]
     UnsupportedVersion { version: u32 },
@@ -72,13 +72,13 @@ pub enum GgufError {
         n_bytes: u64,
         file_len: u64,
     },
-    #[error("absurd {what} {count}: the file has room for at most {limit}")]
+    #[error("absurd {what} {count}: the whole file has room for at most {limit}")]
     AbsurdCount {
         what: String,
         count: u64,
         limit: u64,
     },
-    #[error("absurd {what} of {bytes} bytes: the whole file is {limit} bytes")]
+    #[error("absurd size of {what}: {bytes} bytes, but the whole file is {limit} bytes")]
     AbsurdSize {
         what: String,
         bytes: u64,
@@ -228,7 +228,7 @@ impl GgmlType {
     /// Bytes taken by `n_elems` values, or `None` if `n_elems` is not a whole number of
     /// blocks or the size overflows.
     pub fn row_bytes(self, n_elems: usize) -> Option<usize> {
-        if n_elems % self.block_elems() != 0 {
+        if !n_elems.is_multiple_of(self.block_elems()) {
             return None;
         }
         (n_elems / self.block_elems()).checked_mul(self.block_bytes())
@@ -696,7 +696,9 @@ impl<'a> Reader<'a> {
     }
 
     /// Rejects a count of items of at least `min_bytes` each that could not fit even in the
-    /// whole file; returns how many could fit in what remains (a safe capacity).
+    /// whole file (corrupt, not merely cut short); returns how many could fit in what
+    /// remains, a capacity that is safe to allocate. A count that fits the file but not its
+    /// rest is left to fail as `Truncated` where the data ends.
     fn check_count(
         &self,
         count: u64,
@@ -721,7 +723,7 @@ impl<'a> Reader<'a> {
         let len = self.u64(&len_what)?;
         if len > self.file_len() {
             return Err(GgufError::AbsurdSize {
-                what: len_what(),
+                what: what(),
                 bytes: len,
                 limit: self.file_len(),
             });
@@ -809,9 +811,7 @@ fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
     }
     let n_tensors = r.u64(&|| "tensor count".to_string())?;
     let n_meta = r.u64(&|| "metadata count".to_string())?;
-    let tensor_capacity = r.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, &|| {
-        "tensor count".to_string()
-    })?;
+    // Each count is checked just before its items, so a file cut short reports where it ends.
     r.check_count(n_meta, MIN_META_ENTRY_BYTES, &|| {
         "metadata count".to_string()
     })?;
@@ -848,6 +848,9 @@ fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
         }
     };
 
+    let tensor_capacity = r.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, &|| {
+        "tensor count".to_string()
+    })?;
     let mut tensors = Vec::with_capacity(tensor_capacity);
     let mut seen = HashSet::with_capacity(tensor_capacity);
     for i in 0..n_tensors {
@@ -876,7 +879,7 @@ fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
             Ok(n) => n,
             Err(reason) => return Err(GgufError::BadShape { name, dims, reason }),
         };
-        if rel_offset % alignment != 0 {
+        if !rel_offset.is_multiple_of(alignment) {
             return Err(GgufError::Misaligned {
                 name,
                 offset: rel_offset,
@@ -945,7 +948,7 @@ fn shape_bytes(dims: &[u64], ggml_type: GgmlType) -> Result<u64, String> {
         })
         .ok_or_else(|| "the element count overflows".to_string())?;
     let block_elems = ggml_type.block_elems() as u64;
-    if dims[0] % block_elems != 0 {
+    if !dims[0].is_multiple_of(block_elems) {
         return Err(format!(
             "the row length {} is not a multiple of the {ggml_type} block size {block_elems}",
             dims[0]

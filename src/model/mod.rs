@@ -5,8 +5,33 @@ pub mod config;
 pub mod forward_cpu;
 pub mod gguf;
 pub mod quant;
+mod session;
+mod weights;
 
 pub use config::LlamaConfig;
+pub use session::{Session, SessionOptions, MAX_PENALTY_LAST_N};
+pub use weights::{GpuModel, LayerWeights, Weight};
+
+/// File name of the default model inside [`sinkstar_home`].
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$SINKSTAR_HOME`, else `~/.cache/sinkstar`: where `scripts/fetch-model.sh` puts models.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn sinkstar_home() -> std::path::PathBuf {
+    match std::env::var_os("SINKSTAR_HOME") {
+        Some(home) => home.into(),
+        None => std::env::home_dir()
+            .unwrap_or_else(|| ".".into())
+            .join(".cache")
+            .join("sinkstar"),
+    }
+}
+
+/// The default model's path.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn default_model_path() -> std::path::PathBuf {
+    sinkstar_home().join(DEFAULT_MODEL_FILE)
+}
 
 use gguf::{GgmlType, GgufError};
 
@@ -31,6 +56,12 @@ pub enum ModelError {
     },
     #[error("norm tensor `{name}` is {ggml_type}, expected f32")]
     UnsupportedNormType { name: String, ggml_type: GgmlType },
+    #[error("nothing to decode: sample a token first (feed_and_sample)")]
+    NothingToDecode,
+    #[error("no tokens to feed")]
+    EmptyInput,
+    #[error("repetition penalty window {value} exceeds the session's {max} tokens of history")]
+    PenaltyWindow { value: u32, max: u32 },
     #[error("token id {token} is outside the vocabulary of {vocab_size}")]
     TokenOutOfRange { token: u32, vocab_size: usize },
 }

@@ -1,1 +1,598 @@
-// attention kernel tests: being written
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use sinkstar::kernels::attention::{
+    attention_cpu, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params, Variant,
+    EMPTY_SLOT,
+};
+
+use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol, TOL_REDUCTION};
+
+/// Dot products over up to 128 dims and softmax sums over up to 300 keys in f32, summed in
+/// another order than the CPU reference.
+const TOL_ATTENTION: Tol = TOL_REDUCTION;
+
+/// Moving every token by the same distance keeps each (query, key) angle difference but rounds
+/// other cos/sin table entries to f32 (~6e-8 each); the scores move by ~1e-7.
+const TOL_SHIFT: Tol = TOL_REDUCTION;
+
+/// One rotation of unit vectors: only the f32 rounding of cos and sin.
+const TOL_ROPE: Tol = Tol {
+    abs: 1e-7,
+    rel: 1e-6,
+};
+
+/// A score over up to 128 products of values below 1 (sum up to ~10), each factor carrying
+/// the f32 rounding of two rotations.
+const TOL_RELATIVE: Tol = Tol {
+    abs: 2e-5,
+    rel: 1e-5,
+};
+
+/// A row without keys gets zeros written, not computed.
+const TOL_EXACT: Tol = Tol { abs: 0.0, rel: 0.0 };
+
+/// RoPE base of the default model.
+const BASE: f64 = 100_000.0;
+
+/// Head shapes: single head, the default model's 9/3 grouping, one kv head for four queries
+/// (ratio 4), plain multi-head; with every head_dim the variants must serve.
+const HEADS: [(usize, usize); 4] = [(1, 1), (9, 3), (4, 1), (8, 8)];
+const HEAD_DIMS: [usize; 3] = [64, 80, 128];
+
+/// One attention call: shapes, positions and which token each slot holds.
+#[derive(Clone)]
+struct Case {
+    name: String,
+    n_rows: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    first_token: u32,
+    n_sink: u32,
+    window: u32,
+    n_slots: usize,
+    /// `[capacity]`, may be longer than `n_slots`.
+    slot_token: Vec<u32>,
+}
+
+/// q `[n_rows, n_heads, head_dim]`, k and v caches `[capacity, n_kv_heads, head_dim]`.
+#[derive(Clone)]
+struct Inputs {
+    q: Vec<f32>,
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+}
+
+impl Case {
+    fn params(&self) -> Params {
+        Params {
+            n_rows: self.n_rows as u32,
+            n_heads: self.n_heads as u32,
+            n_kv_heads: self.n_kv_heads as u32,
+            head_dim: self.head_dim as u32,
+            n_slots: self.n_slots as u32,
+            first_token: self.first_token,
+            n_sink: self.n_sink,
+            window: self.window,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
+
+    fn kv_row_elems(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Queries scaled up so that softmaxes are far from uniform; every slot gets values, empty
+    /// ones too, so a kernel that reads one shows up.
+    fn random_inputs(&self, rng: &mut StdRng) -> Inputs {
+        let n_cache = self.slot_token.len() * self.kv_row_elems();
+        Inputs {
+            q: random_vec(rng, self.n_rows * self.n_heads * self.head_dim, 3.0),
+            k_cache: random_vec(rng, n_cache, 1.0),
+            v_cache: random_vec(rng, n_cache, 1.0),
+        }
+    }
+
+    fn rope(&self) -> Vec<f32> {
+        rope_table(BASE, self.head_dim, self.params().n_pos() as usize)
+    }
+
+    fn run_gpu(&self, inputs: &Inputs) -> Vec<f32> {
+        let gpu = gpu();
+        let params = self.params();
+        let kernel = Attention::new(gpu, params.head_dim).unwrap();
+        let (arena, slot) = arena_with(gpu, &params);
+        let storage = |what, data: &[u8]| gpu.storage_with(what, data).unwrap();
+        let q = storage("q", bytemuck::cast_slice(&inputs.q));
+        let k_cache = storage("k_cache", bytemuck::cast_slice(&inputs.k_cache));
+        let v_cache = storage("v_cache", bytemuck::cast_slice(&inputs.v_cache));
+        let slot_token = storage("slot_token", bytemuck::cast_slice(&self.slot_token));
+        let rope = storage("rope", bytemuck::cast_slice(&self.rope()));
+        let n_out = self.n_rows * self.n_heads * self.head_dim;
+        // NaN-filled, so that an element the kernel leaves unwritten fails.
+        let out = storage("out", bytemuck::cast_slice(&vec![f32::NAN; n_out]));
+        let buffers = Buffers {
+            q: &q,
+            k_cache: &k_cache,
+            v_cache: &v_cache,
+            slot_token: &slot_token,
+            rope: &rope,
+            out: &out,
+        };
+        let dispatch = kernel
+            .dispatch(gpu, arena.binding(slot), &params, &buffers)
+            .unwrap();
+        run(gpu, &[&dispatch]);
+        gpu.read_f32(&out, n_out).unwrap()
+    }
+
+    fn run_cpu(&self, inputs: &Inputs) -> Vec<f32> {
+        let mut out = vec![0.0; self.n_rows * self.n_heads * self.head_dim];
+        attention_cpu(
+            &self.params(),
+            &inputs.q,
+            &inputs.k_cache,
+            &inputs.v_cache,
+            &self.slot_token,
+            &self.rope(),
+            &mut out,
+        );
+        out
+    }
+
+    fn label(&self) -> String {
+        let variant = Variant::for_head_dim(self.head_dim as u32).unwrap();
+        format!("{} {}", variant.label(), self.name)
+    }
+
+    fn check_against_cpu(&self, rng: &mut StdRng) {
+        let inputs = self.random_inputs(rng);
+        let got = self.run_gpu(&inputs);
+        assert_close(&self.label(), &got, &self.run_cpu(&inputs), TOL_ATTENTION);
+    }
+}
+
+/// Dense causal attention over tokens `0..n_tokens` spread over the slots in a shuffled order,
+/// the rows being the last `n_rows` tokens (a prefill chunk after a prefix). Three spare slots
+/// past `n_slots` hold token 0, visible to every row: a kernel that scans past `n_slots` differs.
+fn dense_case(
+    rng: &mut StdRng,
+    n_rows: usize,
+    heads: (usize, usize),
+    head_dim: usize,
+    n_tokens: usize,
+) -> Case {
+    let mut slot_token: Vec<u32> = (0..n_tokens as u32).collect();
+    slot_token.shuffle(rng);
+    slot_token.extend([0; 3]);
+    Case {
+        name: format!(
+            "dense rows {n_rows} heads {}/{} head_dim {head_dim} slots {n_tokens}",
+            heads.0, heads.1
+        ),
+        n_rows,
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim,
+        first_token: (n_tokens - n_rows) as u32,
+        // Every token is a sink: q_pos = t and k_pos = u, plain dense attention.
+        n_sink: slot_token.len() as u32,
+        window: 1,
+        n_slots: n_tokens,
+        slot_token,
+    }
+}
+
+/// What a ring holds after tokens `0..=last_token` were written in order: sinks in slots
+/// `0..n_sink`, the rest cycling through `ring_len` slots after them (never-written slots empty).
+fn ring_slot_token(n_sink: u32, ring_len: u32, last_token: u32) -> Vec<u32> {
+    let mut slot_token = vec![EMPTY_SLOT; (n_sink + ring_len) as usize];
+    for u in 0..=last_token {
+        let slot = if u < n_sink {
+            u
+        } else {
+            n_sink + (u - n_sink) % ring_len
+        };
+        slot_token[slot as usize] = u;
+    }
+    slot_token
+}
+
+/// A chunk of `n_rows` queries ending at `last_token` against a sink-window ring sized as
+/// sink-window.md §6 asks (`window + n_rows - 1` ring slots), every slot scanned.
+fn ring_case(
+    heads: (usize, usize),
+    head_dim: usize,
+    n_sink: u32,
+    window: u32,
+    n_rows: u32,
+    last_token: u32,
+) -> Case {
+    let slot_token = ring_slot_token(n_sink, window + n_rows - 1, last_token);
+    Case {
+        name: format!(
+            "ring sink {n_sink} window {window} rows {n_rows} last token {last_token} heads {}/{} head_dim {head_dim}",
+            heads.0, heads.1
+        ),
+        n_rows: n_rows as usize,
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim,
+        first_token: last_token + 1 - n_rows,
+        n_sink,
+        window,
+        n_slots: slot_token.len(),
+        slot_token,
+    }
+}
+
+/// Every (n_sink, window, chunk) with chunks ending at the first tokens (fewer tokens than
+/// sinks), just after the first eviction, after the ring wrapped three times, and far on.
+fn ring_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut shapes = HEADS
+        .iter()
+        .flat_map(|&h| HEAD_DIMS.map(|d| (h, d)))
+        .cycle();
+    for n_sink in [0, 1, 4] {
+        for window in [1, 2, 33] {
+            for n_rows in [1, 3, window + 5] {
+                let ring_len = window + n_rows - 1;
+                let mut ends = vec![
+                    n_rows - 1,
+                    n_sink + window + n_rows,
+                    n_sink + 3 * ring_len + 1,
+                    n_sink + 200 + n_rows,
+                ];
+                ends.sort();
+                ends.dedup();
+                for last_token in ends {
+                    let (heads, head_dim) = shapes.next().expect("cycle never ends");
+                    cases.push(ring_case(
+                        heads, head_dim, n_sink, window, n_rows, last_token,
+                    ));
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// sink-window.md §10.3: rebuild the visible tokens in text order, give them positions
+/// `0..n` by index, and run plain causal attention on that short sequence (the query sits at
+/// its own index). Independent of the spec's position formulas; needs every visible token in
+/// the cache, which a ring of `window + n_rows - 1` slots guarantees.
+fn repack_oracle(case: &Case, inputs: &Inputs) -> Vec<f32> {
+    let hd = case.head_dim;
+    let group = case.n_heads / case.n_kv_heads;
+    let (n_sink, window) = (case.n_sink, case.window);
+    let n_pos = (n_sink + window) as usize;
+    let table = rope_table(BASE, hd, n_pos);
+    let mut out = vec![0.0; case.n_rows * case.n_heads * hd];
+    for r in 0..case.n_rows {
+        let t = case.first_token + r as u32;
+        let mut keys: Vec<(u32, usize)> = case.slot_token[..case.n_slots]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &u)| u != EMPTY_SLOT && u <= t && (u < n_sink || t - u < window))
+            .map(|(slot, &u)| (u, slot))
+            .collect();
+        keys.sort();
+        let q_pos = keys
+            .iter()
+            .position(|&(u, _)| u == t)
+            .expect("the query's own token is cached");
+        for h in 0..case.n_heads {
+            let at = (r * case.n_heads + h) * hd;
+            let mut q = inputs.q[at..at + hd].to_vec();
+            rope_cpu(&mut q, q_pos, &table);
+            let kv_row = |slot: usize| (slot * case.n_kv_heads + h / group) * hd;
+            let scores: Vec<f64> = keys
+                .iter()
+                .enumerate()
+                .map(|(pos, &(_, slot))| {
+                    let mut k = inputs.k_cache[kv_row(slot)..kv_row(slot) + hd].to_vec();
+                    rope_cpu(&mut k, pos, &table);
+                    let qk: f64 = q.iter().zip(&k).map(|(a, b)| f64::from(a * b)).sum();
+                    qk / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = weights.iter().sum();
+            for (&(_, slot), w) in keys.iter().zip(&weights) {
+                let v = &inputs.v_cache[kv_row(slot)..kv_row(slot) + hd];
+                for (o, x) in out[at..at + hd].iter_mut().zip(v) {
+                    *o += (w / sum * f64::from(*x)) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_dense_matches_cpu() {
+    let mut rng = rng(21);
+    for heads in HEADS {
+        for head_dim in HEAD_DIMS {
+            for n_tokens in [1, 7, 100, 300] {
+                for n_rows in [1, 5, 33].into_iter().filter(|&n| n <= n_tokens) {
+                    dense_case(&mut rng, n_rows, heads, head_dim, n_tokens)
+                        .check_against_cpu(&mut rng);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_ring_matches_cpu_and_repacked_dense() {
+    let mut rng = rng(22);
+    for case in ring_cases() {
+        let inputs = case.random_inputs(&mut rng);
+        let got = case.run_gpu(&inputs);
+        assert_close(&case.label(), &got, &case.run_cpu(&inputs), TOL_ATTENTION);
+        let repacked = repack_oracle(&case, &inputs);
+        assert_close(
+            &format!("{} vs repacked", case.label()),
+            &got,
+            &repacked,
+            TOL_ATTENTION,
+        );
+    }
+}
+
+/// sink-window.md §10.5: with no sinks and a window of one, each row sees only itself, so its
+/// output is its own value row.
+#[test]
+fn attention_window_of_one_returns_own_value() {
+    let mut rng = rng(23);
+    for (n_rows, last_token) in [(1, 0), (1, 17), (3, 40)] {
+        let case = ring_case((9, 3), 64, 0, 1, n_rows, last_token);
+        let inputs = case.random_inputs(&mut rng);
+        let got = case.run_gpu(&inputs);
+        let hd = case.head_dim;
+        let mut want = Vec::new();
+        for r in 0..case.n_rows {
+            let t = case.first_token + r as u32;
+            let slot = case.slot_token.iter().position(|&u| u == t).unwrap();
+            for h in 0..case.n_heads {
+                let at = (slot * case.n_kv_heads + h / 3) * hd;
+                want.extend_from_slice(&inputs.v_cache[at..at + hd]);
+            }
+        }
+        assert_close(&case.label(), &got, &want, TOL_ATTENTION);
+    }
+}
+
+#[test]
+fn attention_row_without_visible_keys_is_zero() {
+    let mut rng = rng(24);
+    // Rows are tokens 3 and 4; the cache holds only empty slots and later tokens.
+    let mut case = dense_case(&mut rng, 2, (4, 1), 64, 5);
+    case.name = "no visible key".into();
+    case.slot_token = vec![EMPTY_SLOT, 9, EMPTY_SLOT, 5, 6];
+    case.n_slots = 5;
+    let inputs = case.random_inputs(&mut rng);
+    let got = case.run_gpu(&inputs);
+    let zeros = vec![0.0; got.len()];
+    assert_close(&case.label(), &got, &zeros, TOL_EXACT);
+    assert_close(&case.label(), &case.run_cpu(&inputs), &zeros, TOL_EXACT);
+}
+
+/// The slot a token sits in is storage, not meaning: moving (token, key, value) triples to
+/// other slots leaves the output unchanged.
+#[test]
+fn attention_ignores_which_slot_holds_a_token() {
+    let mut rng = rng(25);
+    let case = ring_case((9, 3), 64, 4, 33, 3, 150);
+    let inputs = case.random_inputs(&mut rng);
+    let before = case.run_gpu(&inputs);
+    let capacity = case.slot_token.len();
+    let mut perm: Vec<usize> = (0..capacity).collect();
+    perm.shuffle(&mut rng);
+    let row = case.kv_row_elems();
+    let mut moved_case = case.clone();
+    let mut moved = inputs.clone();
+    for (from, &to) in perm.iter().enumerate() {
+        moved_case.slot_token[to] = case.slot_token[from];
+        moved.k_cache[to * row..(to + 1) * row]
+            .copy_from_slice(&inputs.k_cache[from * row..(from + 1) * row]);
+        moved.v_cache[to * row..(to + 1) * row]
+            .copy_from_slice(&inputs.v_cache[from * row..(from + 1) * row]);
+    }
+    let after = moved_case.run_gpu(&moved);
+    assert_close(
+        &format!("{} slots permuted", case.label()),
+        &after,
+        &before,
+        TOL_ATTENTION,
+    );
+}
+
+/// Token indices are positions: giving two visible keys each other's token index (their data
+/// stays put) rotates them differently, so the output changes, and the reference agrees.
+#[test]
+fn attention_uses_token_positions() {
+    let mut rng = rng(26);
+    let case = dense_case(&mut rng, 1, (9, 3), 64, 7);
+    let inputs = case.random_inputs(&mut rng);
+    let before = case.run_gpu(&inputs);
+    let mut relabeled = case.clone();
+    let a = case.slot_token.iter().position(|&u| u == 0).unwrap();
+    let b = case.slot_token.iter().position(|&u| u == 5).unwrap();
+    relabeled.slot_token.swap(a, b);
+    let after = relabeled.run_gpu(&inputs);
+    let change = before
+        .iter()
+        .zip(&after)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    // 100x the tolerance: a kernel that ignored positions would change nothing.
+    assert!(
+        change > 1e-3,
+        "swapping tokens 0 and 5 changed the output by only {change}"
+    );
+    assert_close(
+        &relabeled.label(),
+        &after,
+        &relabeled.run_cpu(&inputs),
+        TOL_ATTENTION,
+    );
+}
+
+/// RoPE depends on relative positions only: moving the query and every key by the same
+/// distance leaves the output unchanged (checked on the GPU, through the table).
+#[test]
+fn attention_is_shift_invariant() {
+    let mut rng = rng(27);
+    let case = dense_case(&mut rng, 5, (4, 1), 80, 100);
+    let inputs = case.random_inputs(&mut rng);
+    let before = case.run_gpu(&inputs);
+    for shift in [1, 100, 5000] {
+        let mut shifted = case.clone();
+        shifted.name = format!("{} shifted by {shift}", case.name);
+        shifted.first_token += shift;
+        for u in &mut shifted.slot_token {
+            *u += shift;
+        }
+        // Still dense: every token below n_sink.
+        shifted.n_sink = 1 << 20;
+        assert_close(
+            &shifted.label(),
+            &shifted.run_gpu(&inputs),
+            &before,
+            TOL_SHIFT,
+        );
+    }
+}
+
+/// sink-window.md §3: when the window never overflows, positions are text positions, so
+/// (all sinks), (no sink, wide window) and (4 sinks, wide window) are the same dense attention.
+#[test]
+fn attention_wide_window_is_dense() {
+    let mut rng = rng(28);
+    let dense = dense_case(&mut rng, 5, (9, 3), 64, 40);
+    let inputs = dense.random_inputs(&mut rng);
+    let want = dense.run_gpu(&inputs);
+    for (n_sink, window) in [(0, 40), (4, 36), (4, 1000)] {
+        let mut case = dense.clone();
+        case.name = format!("dense as sink {n_sink} window {window}");
+        (case.n_sink, case.window) = (n_sink, window);
+        assert_close(&case.label(), &case.run_gpu(&inputs), &want, TOL_ATTENTION);
+    }
+}
+
+/// The convention of model.md §5, checked against angles computed here in f64: pair i is
+/// (x[2i], x[2i+1]) and turns by pos · base^(−2i/head_dim).
+#[test]
+fn rope_rotates_adjacent_pairs() {
+    let head_dim = 64;
+    let table = rope_table(BASE, head_dim, 1001);
+    for pos in [0, 1, 7, 1000] {
+        for i in [0, 1, 13, 31] {
+            let theta = pos as f64 * BASE.powf(-2.0 * i as f64 / head_dim as f64);
+            let (cos, sin) = (theta.cos() as f32, theta.sin() as f32);
+            let mut x = vec![0.0; head_dim];
+            x[2 * i] = 1.0;
+            rope_cpu(&mut x, pos, &table);
+            let mut want = vec![0.0; head_dim];
+            (want[2 * i], want[2 * i + 1]) = (cos, sin);
+            assert_close(&format!("rope e{} at {pos}", 2 * i), &x, &want, TOL_ROPE);
+            let mut x = vec![0.0; head_dim];
+            x[2 * i + 1] = 1.0;
+            rope_cpu(&mut x, pos, &table);
+            (want[2 * i], want[2 * i + 1]) = (-sin, cos);
+            assert_close(
+                &format!("rope e{} at {pos}", 2 * i + 1),
+                &x,
+                &want,
+                TOL_ROPE,
+            );
+        }
+    }
+}
+
+/// <R(p + d) q, R(p) k> is the same for every p: the score depends on the distance d only.
+#[test]
+fn rope_depends_on_distance_only() {
+    let mut rng = rng(29);
+    for head_dim in HEAD_DIMS {
+        let table = rope_table(BASE, head_dim, 9000);
+        let q = random_vec(&mut rng, head_dim, 1.0);
+        let k = random_vec(&mut rng, head_dim, 1.0);
+        let score = |q_pos, k_pos| {
+            let (mut q, mut k) = (q.clone(), k.clone());
+            rope_cpu(&mut q, q_pos, &table);
+            rope_cpu(&mut k, k_pos, &table);
+            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>()
+        };
+        for distance in [0, 1, 5, 100, 4000] {
+            let want = [score(distance, 0)];
+            for p in [1, 2, 17, 300, 2048, 4999] {
+                let got = [score(p + distance, p)];
+                let name = format!("head_dim {head_dim} distance {distance} at {p}");
+                assert_close(&name, &got, &want, TOL_RELATIVE);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    let gpu = gpu();
+    for head_dim in [0, 63, 130] {
+        assert!(matches!(
+            Attention::new(gpu, head_dim),
+            Err(AttentionError::HeadDim { .. })
+        ));
+    }
+    let mut rng = rng(30);
+    let case = dense_case(&mut rng, 2, (9, 3), 64, 10);
+    let params = case.params();
+    let bad_groups = Params {
+        n_kv_heads: 2,
+        ..params
+    };
+    assert!(matches!(
+        bad_groups.validate(64),
+        Err(AttentionError::HeadGroups { .. })
+    ));
+    for (n_sink, window) in [(4, 0), (u32::MAX, 1)] {
+        let bad = Params {
+            n_sink,
+            window,
+            ..params
+        };
+        assert!(matches!(
+            bad.validate(64),
+            Err(AttentionError::SinkWindow { .. })
+        ));
+    }
+    // A rope table one position short of what the rows need.
+    let kernel = Attention::new(gpu, 64).unwrap();
+    let (arena, slot) = arena_with(gpu, &params);
+    let n_pos = params.n_pos() as u64;
+    let rope = gpu.storage("rope", (n_pos - 1) * 64 * 4).unwrap();
+    let big = gpu.storage("big", 4 * 10 * 9 * 64).unwrap();
+    let buffers = Buffers {
+        q: &big,
+        k_cache: &big,
+        v_cache: &big,
+        slot_token: &big,
+        rope: &rope,
+        out: &big,
+    };
+    let err = kernel
+        .dispatch(gpu, arena.binding(slot), &params, &buffers)
+        .err()
+        .expect("rope is too small");
+    assert!(
+        matches!(err, AttentionError::BufferSize { what: "rope", .. }),
+        "{err}"
+    );
+}

@@ -1,1 +1,236 @@
-// matmul kernel tests: being written
+use sinkstar::gpu::{Gpu, TrackedBuffer};
+use sinkstar::kernels::matmul::{
+    check_weight, matmul_cpu, upload_weight, Matmul, MatmulError, MatmulKind, Params,
+    WeightFormat, VEC_X_BYTES,
+};
+use sinkstar::model::quant::quantize;
+
+use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol};
+
+/// Both sides decode the same blocks, so only the summation order (and the shader's fused
+/// `d * q + m`) differs. With x and W in [-1, 1], f32 rounding of an n_in-term dot product stays
+/// within about 1e-6 * sqrt(n_in); this allows 10x that.
+const ABS_PER_SQRT_N_IN: f32 = 1e-5;
+/// Large outputs (up to ~sqrt(n_in) here): the same rounding, relative to the value.
+const REL: f32 = 1e-4;
+
+fn tol(n_in: usize) -> Tol {
+    Tol {
+        abs: ABS_PER_SQRT_N_IN * (n_in as f32).sqrt(),
+        rel: REL,
+    }
+}
+
+/// Every kernel of one format: vec and tile, plain and accumulating.
+fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
+    let mut all = Vec::new();
+    for kind in MatmulKind::ALL {
+        for accumulate in [false, true] {
+            all.push(Matmul::new(gpu, format, kind, accumulate).unwrap());
+        }
+    }
+    all
+}
+
+/// x as `kind` binds it: vec kernels read a uniform buffer of at least VEC_X_BYTES.
+fn x_buffer(gpu: &Gpu, kind: MatmulKind, x: &[f32]) -> TrackedBuffer {
+    let bytes: &[u8] = bytemuck::cast_slice(x);
+    match kind {
+        MatmulKind::Tile => gpu.storage_with("x", bytes).unwrap(),
+        MatmulKind::Vec => {
+            use wgpu::BufferUsages as U;
+            let size = VEC_X_BYTES.max(bytes.len() as u64);
+            let buffer = gpu
+                .buffer("x", size, U::STORAGE | U::UNIFORM | U::COPY_DST)
+                .unwrap();
+            gpu.queue.write_buffer(&buffer, 0, bytes);
+            buffer
+        }
+    }
+}
+
+/// Random `[n_out, n_in]` weights in `format`, as the GGUF would store them.
+fn random_weight(seed: u64, format: WeightFormat, n_in: usize, n_out: usize) -> Vec<u8> {
+    let values = random_vec(&mut rng(seed), n_in * n_out, 1.0);
+    quantize(format.ggml_type(), &values)
+}
+
+/// Runs every kernel in `kernels` (all of one format) on one random problem and compares it with
+/// `matmul_cpu`. Vec kernels are skipped where x does not fit their uniform buffer.
+fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out: usize) {
+    let format = kernels[0].variant().format;
+    let seed = (n_rows * 1_000_003 + n_in * 1009 + n_out) as u64;
+    let weight_bytes = random_weight(seed, format, n_in, n_out);
+    let mut rng = rng(seed + 1);
+    let x = random_vec(&mut rng, n_rows * n_in, 1.0);
+    let out_before = random_vec(&mut rng, n_rows * n_out, 1.0);
+    let weight = upload_weight(gpu, "weight", format, &weight_bytes).unwrap();
+    let shape = Params::new(n_rows as u32, n_in as u32, n_out as u32);
+    let (arena, slot) = arena_with(gpu, &shape);
+    for kernel in kernels {
+        let variant = kernel.variant();
+        if variant.kind == MatmulKind::Vec && (n_rows * n_in * 4) as u64 > VEC_X_BYTES {
+            continue;
+        }
+        let x_buf = x_buffer(gpu, variant.kind, &x);
+        let out = gpu
+            .storage_with("out", bytemuck::cast_slice(&out_before))
+            .unwrap();
+        let dispatch = kernel
+            .dispatch(gpu, arena.binding(slot), &weight, &x_buf, &out, shape)
+            .unwrap();
+        run(gpu, &[&dispatch]);
+        let got = gpu.read_f32(&out, n_rows * n_out).unwrap();
+        let mut want = out_before.clone();
+        matmul_cpu(
+            format,
+            &weight_bytes,
+            n_in,
+            n_out,
+            &x,
+            &mut want,
+            variant.accumulate,
+        )
+        .unwrap();
+        let name = format!("{} {n_rows}x{n_in}->{n_out}", variant.name());
+        assert_close(&name, &got, &want, tol(n_in));
+    }
+}
+
+#[test]
+fn matmul_matches_cpu() {
+    let gpu = gpu();
+    for format in WeightFormat::ALL {
+        let kernels = kernels(gpu, format);
+        // One block, an odd number of blocks, the model's width; float formats (one weight per
+        // block) also get rows that are not whole chunks of 32 nor multiples of 4.
+        let mut widths = vec![32, 96, 576];
+        if format.block_elems() == 1 {
+            widths.extend([7, 45]);
+        }
+        // 1 and a prime below the workgroup width, and sizes past one workgroup and one tile.
+        for n_rows in [1, 2, 7, 33] {
+            for &n_in in &widths {
+                for n_out in [1, 5, 67, 192] {
+                    check_shape(gpu, &kernels, n_rows, n_in, n_out);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_on_model_shapes() {
+    let gpu = gpu();
+    for format in WeightFormat::ALL {
+        let kernels = kernels(gpu, format);
+        // ffn_gate / ffn_up of the default model, a prefill of 5 tokens.
+        check_shape(gpu, &kernels, 5, 576, 1536);
+        if format == WeightFormat::Q8_0 {
+            // The tied LM head: 49152 outputs need a 2-D grid.
+            check_shape(gpu, &kernels, 1, 576, 49152);
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes_with_typed_errors() {
+    let gpu = gpu();
+    let format = WeightFormat::Q4_1;
+
+    // A weight of the wrong length, before upload: the error names the shape.
+    let e = check_weight("blk.0.ffn_up.weight", format, 576, 1536, 552_960 - 20).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MatmulError::WeightBytes {
+                n_out: 1536,
+                n_in: 576,
+                expected_bytes: 552_960,
+                n_bytes: 552_940,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("[1536, 576] q4_1"), "{e}");
+    let e = check_weight("w", format, 100, 3, 300).unwrap_err();
+    assert!(
+        matches!(e, MatmulError::NotBlockMultiple { n_in: 100, .. }),
+        "{e:?}"
+    );
+    check_weight("w", format, 64, 3, 120).unwrap();
+
+    // The same at dispatch, against the uploaded buffer: one row short, and a Q8_0 matrix of
+    // the right shape bound to a Q4_1 kernel.
+    let (n_rows, n_in, n_out) = (2u32, 64u32, 3u32);
+    let x = x_buffer(gpu, MatmulKind::Tile, &vec![0.0; 2 * 64]);
+    let out = gpu.storage("out", 2 * 3 * 4).unwrap();
+    let shape = Params::new(n_rows, n_in, n_out);
+    let (arena, slot) = arena_with(gpu, &shape);
+    let tile = Matmul::new(gpu, format, MatmulKind::Tile, false).unwrap();
+    let short = upload_weight(gpu, "short", format, &random_weight(1, format, 64, 2)).unwrap();
+    let q8_0 = WeightFormat::Q8_0;
+    let other = upload_weight(gpu, "q8_0", q8_0, &random_weight(1, q8_0, 64, 3)).unwrap();
+    for weight in [&short, &other] {
+        let e = tile
+            .dispatch(gpu, arena.binding(slot), weight, &x, &out, shape)
+            .err()
+            .expect("a weight of the wrong size is rejected");
+        assert!(
+            matches!(
+                e,
+                MatmulError::WeightBuffer {
+                    n_out: 3,
+                    n_in: 64,
+                    expected_bytes: 124,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("[3, 64] q4_1"), "{e}");
+    }
+
+    // Buffers too small for the rows, and a vec kernel given what it cannot bind.
+    let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
+    let small_out = gpu.storage("out", 4).unwrap();
+    let e = tile
+        .dispatch(gpu, arena.binding(slot), &weight, &x, &small_out, shape)
+        .err()
+        .expect("a short out is rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::BufferTooSmall {
+                buffer: "out",
+                needed: 24,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let vec = Matmul::new(gpu, format, MatmulKind::Vec, false).unwrap();
+    let e = vec
+        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, shape)
+        .err()
+        .expect("a storage-only x is rejected by vec");
+    assert!(matches!(e, MatmulError::XNotUniform { .. }), "{e:?}");
+    let many = Params::new(1000, n_in, n_out);
+    let e = vec
+        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, many)
+        .err()
+        .expect("too many rows for the uniform x are rejected");
+    assert!(
+        matches!(e, MatmulError::TooManyRows { n_rows: 1000, .. }),
+        "{e:?}"
+    );
+
+    // The reference checks the same way.
+    let mut out = vec![0.0; 6];
+    let e = matmul_cpu(format, &[0; 100], 64, 3, &[0.0; 128], &mut out, false).unwrap_err();
+    assert!(
+        matches!(e, MatmulError::WeightBytes { n_bytes: 100, .. }),
+        "{e:?}"
+    );
+}

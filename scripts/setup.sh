@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what sinkstar needs on a fresh Debian 12 machine that has the Rust toolchain:
+# a Vulkan driver (Mesa's lavapipe from bookworm-backports when no GPU driver is present),
+# the Rust targets used by the cross-checks, and the default model. Each step is skipped when
+# its result is already there, so running it again is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ! command -v vulkaninfo >/dev/null; then
+  echo "setup: installing a Vulkan driver (Mesa 25 lavapipe from bookworm-backports)" >&2
+  if [ ! -f /etc/apt/sources.list.d/backports.sources ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      | $sudo tee /etc/apt/sources.list.d/backports.sources >/dev/null
+  fi
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q -t bookworm-backports mesa-vulkan-drivers
+  $sudo apt-get install -y -q vulkan-tools
+fi
+
+# Targets for `cargo check` of the Metal and DX12 paths (test.sh).
+installed=$(rustup target list --installed)
+for target in aarch64-apple-darwin x86_64-pc-windows-msvc; do
+  grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+
+scripts/fetch-model.sh

@@ -1,0 +1,267 @@
+// quant: decodes ggml weight blocks kept as their raw little-endian bytes in `weight`, an
+// `array<u32>` binding that the including shader declares ([n_out, row_bytes / 4] and one spare
+// word: see `word_at`). Row `o` of a weight matrix starts at byte `o * row_bytes(n_in)`.
+// Two ways to read a row: a chunk of CHUNK_ELEMS = 32 consecutive weights at a time
+// (`chunk_at` once, then `group_at` for each of its 4 groups of 8), or one weight
+// (`weight_at`). A group holds weights for x[32c + lo_offset(g) ..+ 4] in `lo` and for
+// x[32c + hi_offset(g) ..+ 4] in `hi`: Q4 blocks keep weights j and j + 16 in one byte, so a
+// Q4 group is not 8 consecutive weights.
+// Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0. Spec: ggml block layouts (notes/model.md §4).
+
+const CHUNK_ELEMS: u32 = 32u;
+
+struct Group {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// 32 bits at an even byte offset. Q8_0 (34-byte) and Q4_0 (18-byte) blocks and F16/BF16 rows
+// of odd length are only 2-byte aligned. For an aligned offset the second word is shifted out
+// in two steps, because WGSL takes a shift amount modulo 32. The second word may be the one
+// past the last block: the upload adds a spare zero word for it.
+fn word_at(byte: u32) -> u32 {
+    let i = byte >> 2u;
+    let sh = (byte & 2u) * 8u;
+    return (weight[i] >> sh) | ((weight[i + 1u] << 16u) << (16u - sh));
+}
+
+// An f16 (the low 16 bits of `h`) as f32, by integer ops: naga only accepts unpack2x16float
+// with an extra capability, and the validation test asks for none. Normal numbers rebias the
+// exponent (15 -> 127); exponent 31 is inf/NaN; exponent 0 (zero, subnormal) is computed in
+// float arithmetic, so that no f32 denormal (which GPUs may flush to zero) is ever formed.
+fn f16_to_f32(h: u32) -> f32 {
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    var bits = select(((e + 112u) << 23u) | (m << 13u), 0x7f800000u | (m << 13u), e == 31u);
+    bits = select(bits, bitcast<u32>(f32(m) * 5.9604645e-8), e == 0u);
+    return bitcast<f32>(bits | ((h & 0x8000u) << 16u));
+}
+
+// The f16 at an even byte offset, as f32.
+fn half_at(byte: u32) -> f32 {
+    return f16_to_f32((weight[byte >> 2u] >> ((byte & 2u) * 8u)) & 0xffffu);
+}
+
+fn byte_at(byte: u32) -> u32 {
+    return (weight[byte >> 2u] >> ((byte & 3u) * 8u)) & 0xffu;
+}
+
+// The 4 low nibbles, then the 4 high nibbles, of a word of Q4 codes, as floats 0..15.
+fn nibbles_lo(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+fn nibbles_hi(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+
+// The 4 bytes of a word as signed int8 values, in memory order: shift each byte to the top,
+// then shift back arithmetically to sign-extend it.
+fn signed_bytes(q: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Offsets in a chunk of the x values that a group's `lo` and `hi` multiply. Each format sets
+// GROUP_STRIDE and HI_SKIP: 8 and 4 where a group is 8 consecutive weights, 4 and 16 for Q4.
+fn lo_offset(g: u32) -> u32 {
+    return GROUP_STRIDE * g;
+}
+
+fn hi_offset(g: u32) -> u32 {
+    return GROUP_STRIDE * g + HI_SKIP;
+}
+
+// ---- F32: 4 bytes per weight, always aligned.
+#if F32
+const BLOCK_ELEMS: u32 = 1u;
+const BLOCK_BYTES: u32 = 4u;
+const GROUP_STRIDE: u32 = 8u;
+const HI_SKIP: u32 = 4u;
+
+struct Chunk {
+    word: u32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    return Chunk((row_byte >> 2u) + c * 32u);
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let i = ch.word + 8u * g;
+    let lo = vec4<u32>(weight[i], weight[i + 1u], weight[i + 2u], weight[i + 3u]);
+    let hi = vec4<u32>(weight[i + 4u], weight[i + 5u], weight[i + 6u], weight[i + 7u]);
+    return Group(bitcast<vec4<f32>>(lo), bitcast<vec4<f32>>(hi));
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    return bitcast<f32>(weight[(row_byte >> 2u) + i]);
+}
+#endif
+
+// ---- F16: 2 bytes per weight; a row of odd length makes the next row 2-byte aligned.
+#if F16
+const BLOCK_ELEMS: u32 = 1u;
+const BLOCK_BYTES: u32 = 2u;
+const GROUP_STRIDE: u32 = 8u;
+const HI_SKIP: u32 = 4u;
+
+struct Chunk {
+    byte: u32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    return Chunk(row_byte + c * 64u);
+}
+
+// The two f16 values of a word, low half first.
+fn f16_pair(w: u32) -> vec2<f32> {
+    return vec2<f32>(f16_to_f32(w & 0xffffu), f16_to_f32(w >> 16u));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let b = ch.byte + 16u * g;
+    let lo = vec4<f32>(f16_pair(word_at(b)), f16_pair(word_at(b + 4u)));
+    let hi = vec4<f32>(f16_pair(word_at(b + 8u)), f16_pair(word_at(b + 12u)));
+    return Group(lo, hi);
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    return half_at(row_byte + 2u * i);
+}
+#endif
+
+// ---- BF16: 2 bytes per weight, the top half of an f32.
+#if BF16
+const BLOCK_ELEMS: u32 = 1u;
+const BLOCK_BYTES: u32 = 2u;
+const GROUP_STRIDE: u32 = 8u;
+const HI_SKIP: u32 = 4u;
+
+struct Chunk {
+    byte: u32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    return Chunk(row_byte + c * 64u);
+}
+
+// The two bf16 values of a word, low half first.
+fn bf16_pair(w: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let b = ch.byte + 16u * g;
+    let lo = vec4<f32>(bf16_pair(word_at(b)), bf16_pair(word_at(b + 4u)));
+    let hi = vec4<f32>(bf16_pair(word_at(b + 8u)), bf16_pair(word_at(b + 12u)));
+    return Group(lo, hi);
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    let b = row_byte + 2u * i;
+    return bitcast<f32>(((weight[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu) << 16u);
+}
+#endif
+
+// ---- Q8_0: 34 bytes = f16 d, int8 qs[32]; w[i] = d * qs[i].
+#if Q8_0
+const BLOCK_ELEMS: u32 = 32u;
+const BLOCK_BYTES: u32 = 34u;
+const GROUP_STRIDE: u32 = 8u;
+const HI_SKIP: u32 = 4u;
+
+struct Chunk {
+    qs_byte: u32,
+    d: f32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    let b = row_byte + c * BLOCK_BYTES;
+    return Chunk(b + 2u, half_at(b));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let b = ch.qs_byte + 8u * g;
+    return Group(ch.d * signed_bytes(word_at(b)), ch.d * signed_bytes(word_at(b + 4u)));
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    let b = row_byte + (i / 32u) * BLOCK_BYTES;
+    let q = bitcast<i32>(byte_at(b + 2u + i % 32u) << 24u) >> 24u;
+    return half_at(b) * f32(q);
+}
+#endif
+
+// ---- Q4_0: 18 bytes = f16 d, qs[16]; w = d * (nibble - 8), computed as d * nibble + (-8 d).
+#if Q4_0
+const BLOCK_ELEMS: u32 = 32u;
+const BLOCK_BYTES: u32 = 18u;
+const GROUP_STRIDE: u32 = 4u;
+const HI_SKIP: u32 = 16u;
+
+struct Chunk {
+    qs_byte: u32,
+    d: f32,
+    m: f32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    let b = row_byte + c * BLOCK_BYTES;
+    let d = half_at(b);
+    return Chunk(b + 2u, d, -8.0 * d);
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let q = word_at(ch.qs_byte + 4u * g);
+    let d = vec4<f32>(ch.d);
+    let m = vec4<f32>(ch.m);
+    return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    let b = row_byte + (i / 32u) * BLOCK_BYTES;
+    let j = i % 32u;
+    let q = (byte_at(b + 2u + j % 16u) >> (4u * (j / 16u))) & 15u;
+    return half_at(b) * (f32(q) - 8.0);
+}
+#endif
+
+// ---- Q4_1: 20 bytes = f16 d, f16 m, qs[16]; w = d * nibble + m. Always 4-byte aligned.
+#if Q4_1
+const BLOCK_ELEMS: u32 = 32u;
+const BLOCK_BYTES: u32 = 20u;
+const GROUP_STRIDE: u32 = 4u;
+const HI_SKIP: u32 = 16u;
+
+struct Chunk {
+    qs_word: u32,
+    d: f32,
+    m: f32,
+}
+
+fn chunk_at(row_byte: u32, c: u32) -> Chunk {
+    let i = (row_byte >> 2u) + c * 5u;
+    let dm = weight[i];
+    return Chunk(i + 1u, f16_to_f32(dm & 0xffffu), f16_to_f32(dm >> 16u));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let q = weight[ch.qs_word + g];
+    let d = vec4<f32>(ch.d);
+    let m = vec4<f32>(ch.m);
+    return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
+}
+
+fn weight_at(row_byte: u32, i: u32) -> f32 {
+    let b = row_byte + (i / 32u) * BLOCK_BYTES;
+    let j = i % 32u;
+    let q = (byte_at(b + 4u + j % 16u) >> (4u * (j / 16u))) & 15u;
+    let dm = weight[b >> 2u];
+    return f16_to_f32(dm & 0xffffu) * f32(q) + f16_to_f32(dm >> 16u);
+}
+#endif
+
+// Bytes of one row of n_in weights (n_in a multiple of BLOCK_ELEMS, checked on the host).
+fn row_bytes(n_in: u32) -> u32 {
+    return n_in / BLOCK_ELEMS * BLOCK_BYTES;
+}

@@ -1,0 +1,7 @@
+// rope: rotates one adjacent pair (x[2i], x[2i+1]) by θ_i(pos) = pos · base^(−2i / head_dim), given
+// the table entry cs = (cos θ, sin θ). Interleaved pairs on GGUF rows (model.md §5, llama.cpp ROPE_TYPE_NORM).
+// The table comes from kernels::attention::rope_table (angles in f64 on the CPU): shaders never evaluate trig.
+
+fn rope_rotate(x: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(x.x * cs.x - x.y * cs.y, x.x * cs.y + x.y * cs.x);
+}

@@ -1,0 +1,666 @@
+//! A session: one conversation's KV cache and activations on the GPU, and the forward pass
+//! that chains the kernels over them.
+//!
+//! Everything is allocated and bound once, in [`Session::new`]: buffers sized for the largest
+//! prefill chunk, one bind group per (layer, op), and one uniform-arena slot per kind of op
+//! (every layer runs the same shapes). A step then only writes the arena, the new tokens and
+//! their slots, records the dispatches into one compute pass and submits once; a decode step
+//! reads back a single u32, the sampled token, which also stays on the GPU as the next step's
+//! input.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::weights::{GpuModel, Weight};
+use super::ModelError;
+use crate::attention::{AttentionPolicy, KvSlots};
+use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
+use crate::kernels::attention::{self, rope_table, Attention};
+use crate::kernels::embed::{self, Embed};
+use crate::kernels::kv_write::{self, KvWrite};
+use crate::kernels::matmul::{self, Matmul, MatmulKind};
+use crate::kernels::rms_norm::{self, RmsNorm};
+use crate::kernels::sample::{self, HistoryRing, Sample, SamplingParams};
+use crate::kernels::swiglu::{self, Swiglu};
+use crate::Result;
+
+/// Most recent tokens the repetition penalty can look at (`penalty_last_n` at most this).
+pub const MAX_PENALTY_LAST_N: u32 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub policy: AttentionPolicy,
+    /// KV cache slots, fixed for the session.
+    pub capacity: usize,
+    /// Most tokens one prefill submission processes; longer prompts go in several chunks.
+    pub max_chunk: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            policy: AttentionPolicy::Dense,
+            capacity: 2048,
+            // Large enough for the tiled matmul to reuse weights well, small enough that the
+            // activation buffers stay a few MiB.
+            max_chunk: 64,
+        }
+    }
+}
+
+/// Activations and bookkeeping buffers, f32 unless noted.
+struct Buffers {
+    tokens: TrackedBuffer,     // [max_chunk] u32: token ids in; the sampled token lands in [0]
+    x: TrackedBuffer,          // [max_chunk, dim] residual stream
+    h: TrackedBuffer,          // [max_chunk, dim] normed input of a matmul
+    q: TrackedBuffer,          // [max_chunk, n_heads * head_dim]
+    k: TrackedBuffer,          // [max_chunk, n_kv_heads * head_dim]
+    v: TrackedBuffer,          // [max_chunk, n_kv_heads * head_dim]
+    att: TrackedBuffer,        // [max_chunk, n_heads * head_dim]
+    gate_up: TrackedBuffer,    // [max_chunk, 2 * hidden_dim]
+    act: TrackedBuffer,        // [max_chunk, hidden_dim]
+    h_last: TrackedBuffer,     // [1, dim] normed last row
+    logits: TrackedBuffer,     // [vocab_size]
+    work: TrackedBuffer,       // sampler scratch
+    history: TrackedBuffer,    // [MAX_PENALTY_LAST_N] u32 ring
+    slots: TrackedBuffer,      // [max_chunk] u32: cache slot of each new token
+    slot_token: TrackedBuffer, // [capacity] u32: token held by each slot
+    rope: TrackedBuffer,       // [capacity, head_dim / 2, 2] cos, sin
+    readback: TrackedBuffer,   // [1] u32, MAP_READ
+    k_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
+    v_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
+}
+
+/// One arena slot per kind of op: all layers share their params.
+struct Params {
+    embed: ParamSlot,
+    norm: ParamSlot,
+    q: ParamSlot,
+    k: ParamSlot,
+    v: ParamSlot,
+    kv_write: ParamSlot,
+    attention: ParamSlot,
+    o: ParamSlot,
+    gate_up: ParamSlot,
+    swiglu: ParamSlot,
+    down: ParamSlot,
+    final_norm: ParamSlot,
+    head: ParamSlot,
+    sample: ParamSlot,
+}
+
+/// The decode (matvec) and prefill (tiled) forms of one matmul.
+struct MatmulDispatch {
+    vec: Dispatch,
+    tile: Dispatch,
+    n_out: u32,
+}
+
+struct LayerDispatches {
+    attn_norm: Dispatch,
+    q: MatmulDispatch,
+    k: MatmulDispatch,
+    v: MatmulDispatch,
+    kv_write: Dispatch,
+    attention: Dispatch,
+    o: MatmulDispatch,
+    ffn_norm: Dispatch,
+    gate_up: MatmulDispatch,
+    swiglu: Dispatch,
+    down: MatmulDispatch,
+}
+
+/// What a step does after the layers.
+enum Head<'a> {
+    /// Nothing: an inner chunk of a long prompt.
+    None,
+    /// Logits of the last token, left in the logits buffer.
+    Logits,
+    /// Logits, then a sampled token read back.
+    Sample(&'a SamplingParams),
+}
+
+pub struct Session {
+    model: Arc<GpuModel>,
+    options: SessionOptions,
+    slots: KvSlots,
+    buffers: Buffers,
+    arena: UniformArena,
+    params: Params,
+    embed: Dispatch,
+    layers: Vec<LayerDispatches>,
+    final_norm: Dispatch,
+    head: MatmulDispatch,
+    sample: Dispatch,
+    /// Sampled but not yet fed; it sits in `tokens[0]` on the GPU.
+    pending: Option<u32>,
+    /// The newest tokens of the context (fed or pending), for the repetition penalty.
+    recent: VecDeque<u32>,
+    /// Host mirror of the GPU history ring and its contents.
+    ring: HistoryRing,
+    ring_tokens: Vec<u32>,
+    /// The GPU ring differs from `ring_tokens` and must be uploaded before sampling.
+    ring_dirty: bool,
+    /// Draws so far, mixed into the sampler's seed.
+    sample_step: u32,
+}
+
+fn bytes_f32(n: usize) -> u64 {
+    n as u64 * 4
+}
+
+impl Session {
+    pub fn new(model: Arc<GpuModel>, options: &SessionOptions) -> Result<Session> {
+        let options = options.clone();
+        let gpu = model.gpu().clone();
+        let c = &model.config;
+        let slots = KvSlots::new(options.policy, options.capacity)?;
+        if options.max_chunk == 0 {
+            return Err(ModelError::InvalidConfig {
+                what: "session".into(),
+                reason: "max_chunk must be at least 1".into(),
+            }
+            .into());
+        }
+        let (chunk, cap) = (options.max_chunk, options.capacity);
+        let storage = |what: &str, bytes: u64| gpu.storage(what, bytes);
+        // Inputs of matmuls: the decode (vec) kernel reads them as a uniform buffer.
+        let matmul_input = |what: &str, bytes: u64| {
+            use wgpu::BufferUsages as U;
+            gpu.buffer(
+                what,
+                bytes.max(matmul::VEC_X_BYTES),
+                U::STORAGE | U::UNIFORM | U::COPY_DST | U::COPY_SRC,
+            )
+        };
+        let per_layer = |what: &str| -> Result<Vec<TrackedBuffer>> {
+            (0..c.n_layers)
+                .map(|l| Ok(storage(&format!("{what}.{l}"), bytes_f32(cap * c.kv_dim()))?))
+                .collect()
+        };
+        let rope = rope_table(f64::from(c.rope_base), c.head_dim, cap);
+        let buffers = Buffers {
+            tokens: storage("tokens", bytes_f32(chunk))?,
+            x: storage("x", bytes_f32(chunk * c.dim))?,
+            h: matmul_input("h", bytes_f32(chunk * c.dim))?,
+            q: storage("q", bytes_f32(chunk * c.q_dim()))?,
+            k: storage("k", bytes_f32(chunk * c.kv_dim()))?,
+            v: storage("v", bytes_f32(chunk * c.kv_dim()))?,
+            att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
+            gate_up: storage("gate_up", bytes_f32(chunk * 2 * c.hidden_dim))?,
+            act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
+            h_last: matmul_input("h_last", bytes_f32(c.dim))?,
+            logits: storage("logits", bytes_f32(c.vocab_size))?,
+            work: storage("sample work", sample::work_bytes(c.vocab_size as u32))?,
+            history: storage("history", bytes_f32(MAX_PENALTY_LAST_N as usize))?,
+            slots: storage("slots", bytes_f32(chunk))?,
+            slot_token: gpu.storage_with(
+                "slot_token",
+                bytemuck::cast_slice(slots.slot_token()),
+            )?,
+            rope: gpu.storage_with("rope", bytemuck::cast_slice(&rope))?,
+            readback: gpu.buffer(
+                "token readback",
+                4,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?,
+            k_cache: per_layer("k_cache")?,
+            v_cache: per_layer("v_cache")?,
+        };
+        let mut arena = UniformArena::new(&gpu, "session params", 14)?;
+        let mut slot = || arena.slot();
+        let params = Params {
+            embed: slot()?,
+            norm: slot()?,
+            q: slot()?,
+            k: slot()?,
+            v: slot()?,
+            kv_write: slot()?,
+            attention: slot()?,
+            o: slot()?,
+            gate_up: slot()?,
+            swiglu: slot()?,
+            down: slot()?,
+            final_norm: slot()?,
+            head: slot()?,
+            sample: slot()?,
+        };
+        let b = &buffers;
+        let chunk32 = chunk as u32;
+        let rms = RmsNorm::new(&gpu)?;
+        let swiglu_kernel = Swiglu::new(&gpu)?;
+        let kv_kernel = KvWrite::new(&gpu)?;
+        let attention_kernel = Attention::new(&gpu, c.head_dim as u32)?;
+        // `n_rows` is the most rows the tiled form will be given; decode uses one.
+        let matmul = |slot: ParamSlot,
+                      weight: &Weight,
+                      x: &wgpu::Buffer,
+                      out: &wgpu::Buffer,
+                      n_rows: u32,
+                      accumulate: bool|
+         -> Result<MatmulDispatch> {
+            let make = |kind| -> Result<Dispatch> {
+                let kernel = Matmul::new(&gpu, weight.format, kind, accumulate)?;
+                let rows = if kind == MatmulKind::Vec { 1 } else { n_rows };
+                Ok(kernel.dispatch(
+                    &gpu,
+                    arena.binding(slot),
+                    &weight.buffer,
+                    x,
+                    out,
+                    matmul::Params::new(rows, weight.n_in, weight.n_out),
+                )?)
+            };
+            Ok(MatmulDispatch {
+                vec: make(MatmulKind::Vec)?,
+                tile: make(MatmulKind::Tile)?,
+                n_out: weight.n_out,
+            })
+        };
+        let p = &params;
+        // The largest shape any step binds: checked once here against the buffers.
+        let attention_bound = attention::Params {
+            n_rows: chunk32,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            n_slots: cap as u32,
+            first_token: cap.saturating_sub(chunk) as u32,
+            n_sink: slots.kernel_window().0,
+            window: slots.kernel_window().1,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        };
+        let kv_bound = kv_write::Params {
+            n_rows: chunk32,
+            row_elems: c.kv_dim() as u32,
+            capacity: cap as u32,
+            _pad0: 0,
+        };
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, w)| {
+                Ok(LayerDispatches {
+                    attn_norm: rms.dispatch(&gpu, arena.binding(p.norm), &b.x, &w.attn_norm, &b.h, chunk32)?,
+                    q: matmul(p.q, &w.wq, &b.h, &b.q, chunk32, false)?,
+                    k: matmul(p.k, &w.wk, &b.h, &b.k, chunk32, false)?,
+                    v: matmul(p.v, &w.wv, &b.h, &b.v, chunk32, false)?,
+                    kv_write: kv_kernel.dispatch(
+                        &gpu,
+                        arena.binding(p.kv_write),
+                        &kv_bound,
+                        &kv_write::Buffers {
+                            slots: &b.slots,
+                            k_new: &b.k,
+                            v_new: &b.v,
+                            k_cache: &b.k_cache[l],
+                            v_cache: &b.v_cache[l],
+                        },
+                    )?,
+                    attention: attention_kernel.dispatch(
+                        &gpu,
+                        arena.binding(p.attention),
+                        &attention_bound,
+                        &attention::Buffers {
+                            q: &b.q,
+                            k_cache: &b.k_cache[l],
+                            v_cache: &b.v_cache[l],
+                            slot_token: &b.slot_token,
+                            rope: &b.rope,
+                            out: &b.att,
+                        },
+                    )?,
+                    o: matmul(p.o, &w.wo, &b.att, &b.x, chunk32, true)?,
+                    ffn_norm: rms.dispatch(&gpu, arena.binding(p.norm), &b.x, &w.ffn_norm, &b.h, chunk32)?,
+                    gate_up: matmul(p.gate_up, &w.w_gate_up, &b.h, &b.gate_up, chunk32, false)?,
+                    swiglu: swiglu_kernel.dispatch(
+                        &gpu,
+                        arena.binding(p.swiglu),
+                        &b.gate_up,
+                        &b.act,
+                        chunk32,
+                        c.hidden_dim as u32,
+                    )?,
+                    down: matmul(p.down, &w.w_down, &b.act, &b.x, chunk32, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = Embed::new(&gpu, model.token_embd.format)?.dispatch(
+            &gpu,
+            arena.binding(p.embed),
+            &model.token_embd.buffer,
+            &b.tokens,
+            &b.x,
+            embed::Params::new(chunk32, c.dim as u32),
+        )?;
+        let final_norm = rms.dispatch(&gpu, arena.binding(p.final_norm), &b.x, &model.output_norm, &b.h_last, 1)?;
+        let head = matmul(p.head, model.head(), &b.h_last, &b.logits, 1, false)?;
+        let sample = Sample::new(&gpu)?.dispatch(
+            &gpu,
+            arena.binding(p.sample),
+            &b.logits,
+            &b.history,
+            &b.work,
+            &b.tokens,
+        )?;
+        Ok(Session {
+            options,
+            slots,
+            buffers,
+            arena,
+            params,
+            embed,
+            layers,
+            final_norm,
+            head,
+            sample,
+            pending: None,
+            recent: VecDeque::new(),
+            ring: HistoryRing::new(0),
+            ring_tokens: Vec::new(),
+            ring_dirty: false,
+            sample_step: 0,
+            model,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<GpuModel> {
+        &self.model
+    }
+
+    /// Tokens in the cache (fed), not counting a sampled token still pending.
+    pub fn n_seen(&self) -> usize {
+        self.slots.n_seen()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    pub fn policy(&self) -> AttentionPolicy {
+        self.options.policy
+    }
+
+    /// Dispatches recorded by one decode step (layers, head and sampler).
+    pub fn decode_dispatches(&self) -> usize {
+        1 + self.layers.len() * 11 + 3
+    }
+
+    /// Forgets the conversation; buffers stay allocated.
+    pub fn reset(&mut self) {
+        self.slots.reset();
+        self.pending = None;
+        self.recent.clear();
+        self.ring_dirty = true;
+        self.ring = HistoryRing::new(0);
+        self.sample_step = 0;
+        self.write_slot_table(0, self.slots.capacity());
+    }
+
+    /// Keeps only the first `n_tokens` tokens of the context (see `KvSlots::truncate`).
+    pub fn truncate(&mut self, n_tokens: usize) -> Result<()> {
+        self.slots.truncate(n_tokens);
+        self.pending = None;
+        self.write_slot_table(0, self.slots.capacity());
+        // The penalty window may have held dropped tokens: it is rebuilt from what is left
+        // only as far as the host remembers, which is the newest tokens; drop them all.
+        self.recent.clear();
+        self.ring_dirty = true;
+        Ok(())
+    }
+
+    /// Feeds `tokens` and leaves the logits of the last one on the GPU (see [`Session::logits`]).
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.prefill(tokens, Head::Logits)?;
+        Ok(())
+    }
+
+    /// Feeds `tokens` and samples the next token.
+    pub fn feed_and_sample(&mut self, tokens: &[u32], sampling: &SamplingParams) -> Result<u32> {
+        let token = self.prefill(tokens, Head::Sample(sampling))?;
+        Ok(token.expect("a sampling step returns a token"))
+    }
+
+    /// Feeds the pending sampled token and samples the next one: one submission.
+    pub fn decode(&mut self, sampling: &SamplingParams) -> Result<u32> {
+        if self.pending.is_none() {
+            return Err(ModelError::NothingToDecode.into());
+        }
+        let token = self.step(None, 1, Head::Sample(sampling))?;
+        Ok(token.expect("a sampling step returns a token"))
+    }
+
+    /// Logits of the last token processed, `[vocab_size]`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let gpu = self.model.gpu();
+        Ok(gpu.read_f32(&self.buffers.logits, self.model.config.vocab_size)?)
+    }
+
+    fn prefill(&mut self, tokens: &[u32], head: Head) -> Result<Option<u32>> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput.into());
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                vocab_size: vocab,
+            }
+            .into());
+        }
+        // A pending token goes in first: it precedes the new tokens in the text.
+        let pending: Vec<u32> = self.pending.iter().copied().collect();
+        let all: Vec<u32> = pending.iter().chain(tokens).copied().collect();
+        self.slots.check_room(all.len())?;
+        let chunks: Vec<&[u32]> = all.chunks(self.options.max_chunk).collect();
+        let mut token = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let head = match (&head, last) {
+                (_, false) => Head::None,
+                (Head::None, true) => Head::None,
+                (Head::Logits, true) => Head::Logits,
+                (Head::Sample(s), true) => Head::Sample(s),
+            };
+            token = self.step(Some(chunk), chunk.len(), head)?;
+        }
+        Ok(token)
+    }
+
+    /// Writes `slot_token[from..to]` from the host mirror.
+    fn write_slot_table(&self, from: usize, to: usize) {
+        let table = &self.slots.slot_token()[from..to];
+        self.model.gpu().queue.write_buffer(
+            &self.buffers.slot_token,
+            bytes_f32(from),
+            bytemuck::cast_slice(table),
+        );
+    }
+
+    /// One submission: `n_rows` tokens (from `tokens`, or the pending token already in
+    /// `tokens[0]` on the GPU) through every layer, then `head`.
+    fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<Option<u32>> {
+        let model = self.model.clone();
+        let gpu: &Gpu = model.gpu();
+        let c = &model.config;
+        if let Head::Sample(sampling) = head {
+            sampling.validate()?;
+            if sampling.penalty_last_n > MAX_PENALTY_LAST_N {
+                return Err(ModelError::PenaltyWindow {
+                    value: sampling.penalty_last_n,
+                    max: MAX_PENALTY_LAST_N,
+                }
+                .into());
+            }
+        }
+        let placement = self.slots.place(n_rows)?;
+        let queue = &gpu.queue;
+        if let Some(tokens) = tokens {
+            queue.write_buffer(&self.buffers.tokens, 0, bytemuck::cast_slice(tokens));
+        }
+        queue.write_buffer(&self.buffers.slots, 0, bytemuck::cast_slice(&placement.slots));
+        let lo = *placement.slots.iter().min().expect("at least one row") as usize;
+        let hi = *placement.slots.iter().max().expect("at least one row") as usize;
+        self.write_slot_table(lo, hi + 1);
+        let fed: Vec<u32> = match tokens {
+            Some(tokens) => tokens.to_vec(),
+            // The pending token is already in `recent`: it was pushed when sampled.
+            None => Vec::new(),
+        };
+        for token in fed {
+            self.remember(token);
+        }
+        self.pending = None;
+
+        let rows = n_rows as u32;
+        let (n_sink, window) = self.slots.kernel_window();
+        let p = &self.params;
+        let arena = &mut self.arena;
+        arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
+        let norm = rms_norm::Params {
+            n_rows: rows,
+            dim: c.dim as u32,
+            eps: c.rms_eps,
+            first_row: 0,
+        };
+        arena.set(p.norm, &norm)?;
+        arena.set(p.final_norm, &rms_norm::Params { n_rows: 1, first_row: rows - 1, ..norm })?;
+        let l0 = &model.layers[0];
+        for (slot, w) in [
+            (p.q, &l0.wq),
+            (p.k, &l0.wk),
+            (p.v, &l0.wv),
+            (p.o, &l0.wo),
+            (p.gate_up, &l0.w_gate_up),
+            (p.down, &l0.w_down),
+        ] {
+            arena.set(slot, &matmul::Params::new(rows, w.n_in, w.n_out))?;
+        }
+        let head_w = model.head();
+        arena.set(p.head, &matmul::Params::new(1, head_w.n_in, head_w.n_out))?;
+        arena.set(
+            p.kv_write,
+            &kv_write::Params {
+                n_rows: rows,
+                row_elems: c.kv_dim() as u32,
+                capacity: self.slots.capacity() as u32,
+                _pad0: 0,
+            },
+        )?;
+        arena.set(
+            p.attention,
+            &attention::Params {
+                n_rows: rows,
+                n_heads: c.n_heads as u32,
+                n_kv_heads: c.n_kv_heads as u32,
+                head_dim: c.head_dim as u32,
+                n_slots: self.slots.scan_len() as u32,
+                first_token: placement.first_token,
+                n_sink,
+                window,
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
+            },
+        )?;
+        arena.set(
+            p.swiglu,
+            &swiglu::Params {
+                n_rows: rows,
+                hidden_dim: c.hidden_dim as u32,
+                _pad0: 0,
+                _pad1: 0,
+            },
+        )?;
+        if let Head::Sample(sampling) = head {
+            if self.ring.capacity() != sampling.penalty_last_n {
+                self.ring = sampling.ring();
+                self.ring_dirty = true;
+            }
+            if self.ring_dirty {
+                self.rebuild_ring(gpu);
+            }
+            let params = sampling.params(c.vocab_size as u32, &self.ring, self.sample_step, 0)?;
+            self.arena.set(self.params.sample, &params)?;
+        }
+        self.arena.upload(gpu);
+
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let mm = |pass: &mut wgpu::ComputePass, m: &MatmulDispatch, n_rows: u32| -> Result<()> {
+                let (dispatch, kind) = match n_rows {
+                    1 => (&m.vec, MatmulKind::Vec),
+                    _ => (&m.tile, MatmulKind::Tile),
+                };
+                dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
+                Ok(())
+            };
+            self.embed.record_grid(&mut pass, Embed::grid(gpu, rows, c.dim as u32)?);
+            let norm_grid = RmsNorm::grid(gpu, rows)?;
+            for layer in &self.layers {
+                layer.attn_norm.record_grid(&mut pass, norm_grid);
+                mm(&mut pass, &layer.q, rows)?;
+                mm(&mut pass, &layer.k, rows)?;
+                mm(&mut pass, &layer.v, rows)?;
+                layer.kv_write.record_grid(&mut pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
+                layer.attention.record_grid(&mut pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
+                mm(&mut pass, &layer.o, rows)?;
+                layer.ffn_norm.record_grid(&mut pass, norm_grid);
+                mm(&mut pass, &layer.gate_up, rows)?;
+                layer.swiglu.record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
+                mm(&mut pass, &layer.down, rows)?;
+            }
+            if !matches!(head, Head::None) {
+                self.final_norm.record_grid(&mut pass, RmsNorm::grid(gpu, 1)?);
+                mm(&mut pass, &self.head, 1)?;
+            }
+            if matches!(head, Head::Sample(_)) {
+                self.sample.record(&mut pass);
+            }
+        }
+        let Head::Sample(_) = head else {
+            gpu.queue.submit([encoder.finish()]);
+            return Ok(None);
+        };
+        encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
+        gpu.queue.submit([encoder.finish()]);
+        let bytes = pollster::block_on(gpu.read_mapped("sampled token", &self.buffers.readback, 4))?;
+        let token = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read back"));
+        // The kernel appended the token to the GPU ring too; `remember` marks the host copy
+        // for a rebuild, which keeps one code path for prompts, truncation and new settings.
+        self.remember(token);
+        self.sample_step = self.sample_step.wrapping_add(1);
+        self.pending = Some(token);
+        Ok(Some(token))
+    }
+
+    /// Appends `token` to the host's record of recent tokens and to the host ring.
+    fn remember(&mut self, token: u32) {
+        if self.recent.len() == MAX_PENALTY_LAST_N as usize {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(token);
+        self.ring_dirty = true;
+    }
+
+    /// Refills the history ring from `recent` and uploads it.
+    fn rebuild_ring(&mut self, gpu: &Gpu) {
+        self.ring = HistoryRing::new(self.ring.capacity());
+        self.ring_tokens = vec![0; self.ring.capacity() as usize];
+        let skip = self.recent.len().saturating_sub(self.ring.capacity() as usize);
+        for &token in self.recent.iter().skip(skip) {
+            self.ring.push(&mut self.ring_tokens, token);
+        }
+        if !self.ring_tokens.is_empty() {
+            gpu.queue.write_buffer(&self.buffers.history, 0, bytemuck::cast_slice(&self.ring_tokens));
+        }
+        self.ring_dirty = false;
+    }
+}

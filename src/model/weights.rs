@@ -1,0 +1,131 @@
+//! The model's weights on the GPU, uploaded as the raw bytes of their ggml blocks (decoded
+//! inside the shaders), and the kernels every session shares.
+
+use std::sync::Arc;
+
+use super::config::{tensor, LlamaConfig};
+use super::gguf::{GgmlType, Gguf};
+use super::ModelError;
+use crate::gpu::{Gpu, TrackedBuffer};
+use crate::kernels::matmul::{upload_weight, WeightFormat};
+use crate::Result;
+
+/// One weight matrix `W[n_out][n_in]` in its ggml format.
+pub struct Weight {
+    pub buffer: TrackedBuffer,
+    pub format: WeightFormat,
+    pub n_in: u32,
+    pub n_out: u32,
+}
+
+/// One block's tensors.
+pub struct LayerWeights {
+    pub attn_norm: TrackedBuffer, // [dim] f32
+    pub wq: Weight,               // [n_heads * head_dim][dim]
+    pub wk: Weight,               // [n_kv_heads * head_dim][dim]
+    pub wv: Weight,               // [n_kv_heads * head_dim][dim]
+    pub wo: Weight,               // [dim][n_heads * head_dim]
+    pub ffn_norm: TrackedBuffer,  // [dim] f32
+    /// Gate rows then up rows, `[2 * hidden_dim][dim]`: one matmul yields both halves.
+    pub w_gate_up: Weight,
+    pub w_down: Weight, // [dim][hidden_dim]
+}
+
+/// A loaded model: config, weights on one GPU.
+pub struct GpuModel {
+    pub config: LlamaConfig,
+    gpu: Arc<Gpu>,
+    /// `[vocab_size][dim]`, also the LM head when `config.tied_output`.
+    pub token_embd: Weight,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: TrackedBuffer, // [dim] f32
+    /// `[vocab_size][dim]`; `None` when tied to `token_embd`.
+    pub output: Option<Weight>,
+}
+
+/// Every ggml type sinkstar reads is also a matmul weight format.
+fn weight_format(ggml_type: GgmlType) -> WeightFormat {
+    match ggml_type {
+        GgmlType::F32 => WeightFormat::F32,
+        GgmlType::F16 => WeightFormat::F16,
+        GgmlType::BF16 => WeightFormat::BF16,
+        GgmlType::Q4_0 => WeightFormat::Q4_0,
+        GgmlType::Q4_1 => WeightFormat::Q4_1,
+        GgmlType::Q8_0 => WeightFormat::Q8_0,
+    }
+}
+
+impl GpuModel {
+    /// Checks the config and tensor shapes, then uploads every weight.
+    pub fn load(gpu: Arc<Gpu>, gguf: &Gguf) -> Result<GpuModel> {
+        let config = LlamaConfig::from_gguf(gguf)?;
+        let matrix = |names: &[String]| -> Result<Weight> {
+            let infos = names
+                .iter()
+                .map(|name| tensor(gguf, name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let format = weight_format(infos[0].ggml_type);
+            if let Some(other) = infos.iter().find(|i| i.ggml_type != infos[0].ggml_type) {
+                return Err(ModelError::Unsupported {
+                    what: format!(
+                        "`{}` is {} but `{}` is {}: tensors stacked into one matmul must \
+                         share a type",
+                        names[0], infos[0].ggml_type, other.name, other.ggml_type
+                    ),
+                }
+                .into());
+            }
+            let mut bytes = Vec::new();
+            for info in &infos {
+                bytes.extend_from_slice(gguf.tensor_data(info));
+            }
+            let n_out: u64 = infos.iter().map(|i| i.n_rows()).sum();
+            Ok(Weight {
+                buffer: upload_weight(&gpu, &names.join("+"), format, &bytes)?,
+                format,
+                n_in: infos[0].dims[0] as u32,
+                n_out: n_out as u32,
+            })
+        };
+        let one = |name: String| matrix(&[name]);
+        let norm = |name: &str| -> Result<TrackedBuffer> {
+            let info = tensor(gguf, name)?;
+            Ok(gpu.storage_with(name, gguf.tensor_data(info))?)
+        };
+        let layers = (0..config.n_layers)
+            .map(|l| {
+                let name = |part: &str| format!("blk.{l}.{part}.weight");
+                Ok(LayerWeights {
+                    attn_norm: norm(&name("attn_norm"))?,
+                    wq: one(name("attn_q"))?,
+                    wk: one(name("attn_k"))?,
+                    wv: one(name("attn_v"))?,
+                    wo: one(name("attn_output"))?,
+                    ffn_norm: norm(&name("ffn_norm"))?,
+                    w_gate_up: matrix(&[name("ffn_gate"), name("ffn_up")])?,
+                    w_down: one(name("ffn_down"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GpuModel {
+            token_embd: one("token_embd.weight".into())?,
+            output_norm: norm("output_norm.weight")?,
+            output: match config.tied_output {
+                true => None,
+                false => Some(one("output.weight".into())?),
+            },
+            layers,
+            config,
+            gpu,
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// The LM head: `output.weight`, or the embedding when tied.
+    pub fn head(&self) -> &Weight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+}
