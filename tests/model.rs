@@ -25,8 +25,9 @@ use sinkstar::tokenizer::Tokenizer;
 
 const LLAMA_CPP_LOGIT_TOL: f32 = 1.0;
 const LLAMA_CPP_MARGIN: f32 = 1.0;
-/// Summation order alone, amplified through 30 layers: measured max 0.0?? (see README).
-const F32_LOGIT_TOL: f32 = 0.02;
+/// Summation order alone, through 30 layers: measured at most 2.1e-5 on these prompts; 50x
+/// headroom for other adapters' orders, still 1000x tighter than the llama.cpp bound.
+const F32_LOGIT_TOL: f32 = 1e-3;
 /// Below this margin the f32 argmax itself is a coin toss between summation orders.
 const F32_MARGIN: f32 = 0.05;
 
@@ -70,9 +71,8 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let path = default_model_path();
-        let gguf = Gguf::open(&path).unwrap_or_else(|e| {
-            panic!("{e}: run scripts/fetch-model.sh first")
-        });
+        let gguf =
+            Gguf::open(&path).unwrap_or_else(|e| panic!("{e}: run scripts/fetch-model.sh first"));
         let model = Arc::new(GpuModel::load(common::gpu(), &gguf).unwrap());
         Loaded { gguf, model }
     })
@@ -107,7 +107,10 @@ fn check_logits(file: &str, tol: f32) {
                 case.name
             );
         }
-        eprintln!("{file} {}: max |error| over the top-10 {worst:.4}", case.name);
+        eprintln!(
+            "{file} {}: max |error| over the top-10 {worst:.2e}",
+            case.name
+        );
     }
 }
 
@@ -176,7 +179,11 @@ fn france_answer_through_tokenizer_and_template() {
     while tokens.len() < 32 && *tokens.last().unwrap() != tokenizer.eos() {
         tokens.push(session.decode(&greedy).unwrap());
     }
-    assert_eq!(tokens.pop(), Some(tokenizer.eos()), "reply ends with <|im_end|>");
+    assert_eq!(
+        tokens.pop(),
+        Some(tokenizer.eos()),
+        "reply ends with <|im_end|>"
+    );
     assert_eq!(
         tokenizer.decode(&tokens).unwrap(),
         "The capital of France is Paris."

@@ -78,7 +78,7 @@ mod cli {
             /// Tokens to decode after a short prompt
             #[arg(long, default_value_t = 128)]
             decode_tokens: usize,
-            /// Timed repetitions of each measurement (the best is reported)
+            /// Timed repetitions of each measurement (the median is reported)
             #[arg(long, default_value_t = 3)]
             repeat: usize,
             /// Write the results as JSON to this file too
@@ -280,7 +280,13 @@ mod cli {
                 decode_tokens,
                 repeat,
                 json,
-            } => bench(&cli, prompt_tokens, *decode_tokens, *repeat, json.as_deref()),
+            } => bench(
+                &cli,
+                prompt_tokens,
+                *decode_tokens,
+                *repeat,
+                json.as_deref(),
+            ),
         }
     }
 
@@ -377,12 +383,20 @@ mod cli {
                     *bytes += t.n_bytes;
                 }
                 for (name, (n, bytes)) in counts {
-                    println!("  {n} tensors of {name}, {:.1} MiB", bytes as f64 / 1048576.0);
+                    println!(
+                        "  {n} tensors of {name}, {:.1} MiB",
+                        bytes as f64 / 1048576.0
+                    );
                 }
             }
             Err(e) => println!("model: {} ({e})", path.display()),
         }
         Ok(())
+    }
+
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
     }
 
     /// Deterministic prompt tokens that look like text to the model: a sentence repeated.
@@ -413,7 +427,10 @@ mod cli {
         )?;
         let greedy = SamplingParams::greedy();
         let repeat = repeat.max(1);
-        println!("device: {} ({:?}, {:?})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
+        println!(
+            "device: {} ({:?}, {:?})",
+            gpu.info.name, gpu.info.backend, gpu.info.device_type
+        );
         // The first run of each pipeline pays for shader compilation: warm everything up.
         session.reset();
         session.feed_and_sample(&bench_prompt(&loaded.tokenizer, 8)?, &greedy)?;
@@ -421,18 +438,19 @@ mod cli {
         let mut prefill = Vec::new();
         for &n in prompt_lens {
             let prompt = bench_prompt(&loaded.tokenizer, n)?;
-            let mut best = f64::INFINITY;
+            let mut rates = Vec::new();
             for _ in 0..repeat {
                 session.reset();
                 let start = Instant::now();
                 session.feed_and_sample(&prompt, &greedy)?;
-                best = best.min(start.elapsed().as_secs_f64());
+                rates.push(n as f64 / start.elapsed().as_secs_f64());
             }
-            println!("prefill {n:5} tokens: {:8.1} tok/s ({best:.3} s)", n as f64 / best);
-            prefill.push((n, n as f64 / best));
+            let rate = median(rates);
+            println!("prefill {n:5} tokens: {rate:8.1} tok/s");
+            prefill.push((n, rate));
         }
         let prompt = bench_prompt(&loaded.tokenizer, 16)?;
-        let mut decode_rate = 0.0f64;
+        let mut rates = Vec::new();
         for _ in 0..repeat {
             session.reset();
             session.feed_and_sample(&prompt, &greedy)?;
@@ -440,8 +458,9 @@ mod cli {
             for _ in 0..decode_tokens {
                 session.decode(&greedy)?;
             }
-            decode_rate = decode_rate.max(decode_tokens as f64 / start.elapsed().as_secs_f64());
+            rates.push(decode_tokens as f64 / start.elapsed().as_secs_f64());
         }
+        let decode_rate = median(rates);
         let dispatches = session.decode_dispatches();
         println!(
             "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, 1 submission per token)"

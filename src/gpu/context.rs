@@ -72,14 +72,18 @@ fn summary(index: usize, info: &wgpu::AdapterInfo) -> AdapterSummary {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
     }
 }
 
 /// Every adapter the chosen backends offer, in wgpu's order (the order `--adapter` indexes).
 pub async fn list_adapters(backend: Option<&str>) -> Result<Vec<AdapterSummary>, GpuError> {
     let instance = instance(backend)?;
-    let adapters = instance.enumerate_adapters(instance_backends(backend)?).await;
+    let adapters = instance
+        .enumerate_adapters(instance_backends(backend)?)
+        .await;
     Ok(adapters
         .iter()
         .enumerate()
@@ -213,16 +217,14 @@ impl Gpu {
         Err(GpuError::Device { message })
     }
 
-    /// A buffer of `bytes` bytes, checked against the device limits before anything is created.
-    /// Storage buffers are bound whole, so they must also fit one storage binding.
-    pub fn buffer(
+    /// Fails with `BufferTooLarge` unless a buffer of `bytes` bytes with `usage` fits the
+    /// device's limits. Lets callers check every size before creating (or computing) anything.
+    pub fn check_buffer_size(
         &self,
         what: &str,
         bytes: u64,
         usage: wgpu::BufferUsages,
-    ) -> Result<TrackedBuffer, GpuError> {
-        // wgpu rejects zero-sized bindings; a 4-byte buffer stands in for an empty one.
-        let bytes = bytes.max(4).next_multiple_of(4);
+    ) -> Result<(), GpuError> {
         let too_large = |limit: u64, limit_name| GpuError::BufferTooLarge {
             what: what.to_string(),
             bytes,
@@ -232,14 +234,28 @@ impl Gpu {
         if bytes > self.limits.max_buffer_size {
             return Err(too_large(self.limits.max_buffer_size, "max_buffer_size"));
         }
+        // Storage buffers are bound whole, so they must also fit one storage binding.
         if usage.contains(wgpu::BufferUsages::STORAGE)
-            && bytes > u64::from(self.limits.max_storage_buffer_binding_size)
+            && bytes > self.limits.max_storage_buffer_binding_size
         {
             return Err(too_large(
-                self.limits.max_storage_buffer_binding_size.into(),
+                self.limits.max_storage_buffer_binding_size,
                 "max_storage_buffer_binding_size",
             ));
         }
+        Ok(())
+    }
+
+    /// A buffer of `bytes` bytes, checked against the device limits before anything is created.
+    pub fn buffer(
+        &self,
+        what: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<TrackedBuffer, GpuError> {
+        // wgpu rejects zero-sized bindings; a 4-byte buffer stands in for an empty one.
+        let bytes = bytes.max(4).next_multiple_of(4);
+        self.check_buffer_size(what, bytes, usage)?;
         let buffer = self.scoped(what, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(what),
@@ -361,6 +377,7 @@ impl std::ops::Deref for TrackedBuffer {
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
-        self.counter.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+        self.counter
+            .fetch_sub(self.buffer.size(), Ordering::Relaxed);
     }
 }

@@ -77,6 +77,7 @@ impl UniformArena {
     /// Queues the used part of the host copy for the next submission.
     pub fn upload(&self, gpu: &Gpu) {
         let used = self.n_used as usize * self.stride;
-        gpu.queue.write_buffer(&self.buffer, 0, &self.staging[..used]);
+        gpu.queue
+            .write_buffer(&self.buffer, 0, &self.staging[..used]);
     }
 }

@@ -52,7 +52,9 @@ impl LlamaConfig {
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(invalid(
                 "head counts",
-                format!("{n_heads} query heads must be a positive multiple of {n_kv_heads} kv heads"),
+                format!(
+                    "{n_heads} query heads must be a positive multiple of {n_kv_heads} kv heads"
+                ),
             ));
         }
         if dim == 0 || dim % n_heads != 0 {
@@ -66,7 +68,10 @@ impl LlamaConfig {
             None => dim / n_heads,
         };
         if head_dim % 2 != 0 {
-            return Err(invalid("head_dim", format!("{head_dim} is odd: RoPE rotates pairs")));
+            return Err(invalid(
+                "head_dim",
+                format!("{head_dim} is odd: RoPE rotates pairs"),
+            ));
         }
         if gguf.get(&key("rope.dimension_count")).is_some() {
             let rope_dims = gguf.get_usize(&key("rope.dimension_count"))?;
@@ -108,10 +113,14 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if !(config.rope_base > 0.0) || !(config.rms_eps > 0.0) {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(config.rope_base) || !positive(config.rms_eps) {
             return Err(invalid(
                 "rope base / rms eps",
-                format!("{} and {} must be positive", config.rope_base, config.rms_eps),
+                format!(
+                    "{} and {} must be positive",
+                    config.rope_base, config.rms_eps
+                ),
             ));
         }
         for id in config.bos.iter().chain([&config.eos]) {
@@ -143,11 +152,17 @@ impl LlamaConfig {
             self.kv_dim() as u64,
         );
         let mut shapes = vec![
-            ("token_embd.weight".to_string(), vec![dim, self.vocab_size as u64]),
+            (
+                "token_embd.weight".to_string(),
+                vec![dim, self.vocab_size as u64],
+            ),
             ("output_norm.weight".to_string(), vec![dim]),
         ];
         if !self.tied_output {
-            shapes.push(("output.weight".to_string(), vec![dim, self.vocab_size as u64]));
+            shapes.push((
+                "output.weight".to_string(),
+                vec![dim, self.vocab_size as u64],
+            ));
         }
         for layer in 0..self.n_layers {
             for (name, shape) in [

@@ -50,23 +50,23 @@ impl Default for SessionOptions {
 
 /// Activations and bookkeeping buffers, f32 unless noted.
 struct Buffers {
-    tokens: TrackedBuffer,     // [max_chunk] u32: token ids in; the sampled token lands in [0]
-    x: TrackedBuffer,          // [max_chunk, dim] residual stream
-    h: TrackedBuffer,          // [max_chunk, dim] normed input of a matmul
-    q: TrackedBuffer,          // [max_chunk, n_heads * head_dim]
-    k: TrackedBuffer,          // [max_chunk, n_kv_heads * head_dim]
-    v: TrackedBuffer,          // [max_chunk, n_kv_heads * head_dim]
-    att: TrackedBuffer,        // [max_chunk, n_heads * head_dim]
-    gate_up: TrackedBuffer,    // [max_chunk, 2 * hidden_dim]
-    act: TrackedBuffer,        // [max_chunk, hidden_dim]
-    h_last: TrackedBuffer,     // [1, dim] normed last row
-    logits: TrackedBuffer,     // [vocab_size]
-    work: TrackedBuffer,       // sampler scratch
-    history: TrackedBuffer,    // [MAX_PENALTY_LAST_N] u32 ring
-    slots: TrackedBuffer,      // [max_chunk] u32: cache slot of each new token
+    tokens: TrackedBuffer, // [max_chunk] u32: token ids in; the sampled token lands in [0]
+    x: TrackedBuffer,      // [max_chunk, dim] residual stream
+    h: TrackedBuffer,      // [max_chunk, dim] normed input of a matmul
+    q: TrackedBuffer,      // [max_chunk, n_heads * head_dim]
+    k: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
+    v: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
+    att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
+    gate_up: TrackedBuffer, // [max_chunk, 2 * hidden_dim]
+    act: TrackedBuffer,    // [max_chunk, hidden_dim]
+    h_last: TrackedBuffer, // [1, dim] normed last row
+    logits: TrackedBuffer, // [vocab_size]
+    work: TrackedBuffer,   // sampler scratch
+    history: TrackedBuffer, // [MAX_PENALTY_LAST_N] u32 ring
+    slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token
     slot_token: TrackedBuffer, // [capacity] u32: token held by each slot
-    rope: TrackedBuffer,       // [capacity, head_dim / 2, 2] cos, sin
-    readback: TrackedBuffer,   // [1] u32, MAP_READ
+    rope: TrackedBuffer,   // [capacity, head_dim / 2, 2] cos, sin
+    readback: TrackedBuffer, // [1] u32, MAP_READ
     k_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
     v_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
 }
@@ -154,6 +154,12 @@ impl Session {
         let options = options.clone();
         let gpu = model.gpu().clone();
         let c = &model.config;
+        // The KV cache is the one buffer that grows with the options: check it before
+        // computing or allocating anything.
+        let cache_bytes = (options.capacity as u64)
+            .saturating_mul(c.kv_dim() as u64)
+            .saturating_mul(4);
+        gpu.check_buffer_size("k_cache", cache_bytes, wgpu::BufferUsages::STORAGE)?;
         let slots = KvSlots::new(options.policy, options.capacity)?;
         if options.max_chunk == 0 {
             return Err(ModelError::InvalidConfig {
@@ -175,7 +181,12 @@ impl Session {
         };
         let per_layer = |what: &str| -> Result<Vec<TrackedBuffer>> {
             (0..c.n_layers)
-                .map(|l| Ok(storage(&format!("{what}.{l}"), bytes_f32(cap * c.kv_dim()))?))
+                .map(|l| {
+                    Ok(storage(
+                        &format!("{what}.{l}"),
+                        bytes_f32(cap * c.kv_dim()),
+                    )?)
+                })
                 .collect()
         };
         let rope = rope_table(f64::from(c.rope_base), c.head_dim, cap);
@@ -194,10 +205,7 @@ impl Session {
             work: storage("sample work", sample::work_bytes(c.vocab_size as u32))?,
             history: storage("history", bytes_f32(MAX_PENALTY_LAST_N as usize))?,
             slots: storage("slots", bytes_f32(chunk))?,
-            slot_token: gpu.storage_with(
-                "slot_token",
-                bytemuck::cast_slice(slots.slot_token()),
-            )?,
+            slot_token: gpu.storage_with("slot_token", bytemuck::cast_slice(slots.slot_token()))?,
             rope: gpu.storage_with("rope", bytemuck::cast_slice(&rope))?,
             readback: gpu.buffer(
                 "token readback",
@@ -285,7 +293,14 @@ impl Session {
             .enumerate()
             .map(|(l, w)| {
                 Ok(LayerDispatches {
-                    attn_norm: rms.dispatch(&gpu, arena.binding(p.norm), &b.x, &w.attn_norm, &b.h, chunk32)?,
+                    attn_norm: rms.dispatch(
+                        &gpu,
+                        arena.binding(p.norm),
+                        &b.x,
+                        &w.attn_norm,
+                        &b.h,
+                        chunk32,
+                    )?,
                     q: matmul(p.q, &w.wq, &b.h, &b.q, chunk32, false)?,
                     k: matmul(p.k, &w.wk, &b.h, &b.k, chunk32, false)?,
                     v: matmul(p.v, &w.wv, &b.h, &b.v, chunk32, false)?,
@@ -315,7 +330,14 @@ impl Session {
                         },
                     )?,
                     o: matmul(p.o, &w.wo, &b.att, &b.x, chunk32, true)?,
-                    ffn_norm: rms.dispatch(&gpu, arena.binding(p.norm), &b.x, &w.ffn_norm, &b.h, chunk32)?,
+                    ffn_norm: rms.dispatch(
+                        &gpu,
+                        arena.binding(p.norm),
+                        &b.x,
+                        &w.ffn_norm,
+                        &b.h,
+                        chunk32,
+                    )?,
                     gate_up: matmul(p.gate_up, &w.w_gate_up, &b.h, &b.gate_up, chunk32, false)?,
                     swiglu: swiglu_kernel.dispatch(
                         &gpu,
@@ -337,7 +359,14 @@ impl Session {
             &b.x,
             embed::Params::new(chunk32, c.dim as u32),
         )?;
-        let final_norm = rms.dispatch(&gpu, arena.binding(p.final_norm), &b.x, &model.output_norm, &b.h_last, 1)?;
+        let final_norm = rms.dispatch(
+            &gpu,
+            arena.binding(p.final_norm),
+            &b.x,
+            &model.output_norm,
+            &b.h_last,
+            1,
+        )?;
         let head = matmul(p.head, model.head(), &b.h_last, &b.logits, 1, false)?;
         let sample = Sample::new(&gpu)?.dispatch(
             &gpu,
@@ -503,7 +532,11 @@ impl Session {
         if let Some(tokens) = tokens {
             queue.write_buffer(&self.buffers.tokens, 0, bytemuck::cast_slice(tokens));
         }
-        queue.write_buffer(&self.buffers.slots, 0, bytemuck::cast_slice(&placement.slots));
+        queue.write_buffer(
+            &self.buffers.slots,
+            0,
+            bytemuck::cast_slice(&placement.slots),
+        );
         let lo = *placement.slots.iter().min().expect("at least one row") as usize;
         let hi = *placement.slots.iter().max().expect("at least one row") as usize;
         self.write_slot_table(lo, hi + 1);
@@ -529,7 +562,14 @@ impl Session {
             first_row: 0,
         };
         arena.set(p.norm, &norm)?;
-        arena.set(p.final_norm, &rms_norm::Params { n_rows: 1, first_row: rows - 1, ..norm })?;
+        arena.set(
+            p.final_norm,
+            &rms_norm::Params {
+                n_rows: 1,
+                first_row: rows - 1,
+                ..norm
+            },
+        )?;
         let l0 = &model.layers[0];
         for (slot, w) in [
             (p.q, &l0.wq),
@@ -594,31 +634,40 @@ impl Session {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            let mm = |pass: &mut wgpu::ComputePass, m: &MatmulDispatch, n_rows: u32| -> Result<()> {
-                let (dispatch, kind) = match n_rows {
-                    1 => (&m.vec, MatmulKind::Vec),
-                    _ => (&m.tile, MatmulKind::Tile),
+            let mm =
+                |pass: &mut wgpu::ComputePass, m: &MatmulDispatch, n_rows: u32| -> Result<()> {
+                    let (dispatch, kind) = match n_rows {
+                        1 => (&m.vec, MatmulKind::Vec),
+                        _ => (&m.tile, MatmulKind::Tile),
+                    };
+                    dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
+                    Ok(())
                 };
-                dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
-                Ok(())
-            };
-            self.embed.record_grid(&mut pass, Embed::grid(gpu, rows, c.dim as u32)?);
+            self.embed
+                .record_grid(&mut pass, Embed::grid(gpu, rows, c.dim as u32)?);
             let norm_grid = RmsNorm::grid(gpu, rows)?;
             for layer in &self.layers {
                 layer.attn_norm.record_grid(&mut pass, norm_grid);
                 mm(&mut pass, &layer.q, rows)?;
                 mm(&mut pass, &layer.k, rows)?;
                 mm(&mut pass, &layer.v, rows)?;
-                layer.kv_write.record_grid(&mut pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
-                layer.attention.record_grid(&mut pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
+                layer
+                    .kv_write
+                    .record_grid(&mut pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
+                layer
+                    .attention
+                    .record_grid(&mut pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
                 mm(&mut pass, &layer.o, rows)?;
                 layer.ffn_norm.record_grid(&mut pass, norm_grid);
                 mm(&mut pass, &layer.gate_up, rows)?;
-                layer.swiglu.record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
+                layer
+                    .swiglu
+                    .record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
                 mm(&mut pass, &layer.down, rows)?;
             }
             if !matches!(head, Head::None) {
-                self.final_norm.record_grid(&mut pass, RmsNorm::grid(gpu, 1)?);
+                self.final_norm
+                    .record_grid(&mut pass, RmsNorm::grid(gpu, 1)?);
                 mm(&mut pass, &self.head, 1)?;
             }
             if matches!(head, Head::Sample(_)) {
@@ -631,7 +680,8 @@ impl Session {
         };
         encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
         gpu.queue.submit([encoder.finish()]);
-        let bytes = pollster::block_on(gpu.read_mapped("sampled token", &self.buffers.readback, 4))?;
+        let bytes =
+            pollster::block_on(gpu.read_mapped("sampled token", &self.buffers.readback, 4))?;
         let token = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read back"));
         // The kernel appended the token to the GPU ring too; `remember` marks the host copy
         // for a rebuild, which keeps one code path for prompts, truncation and new settings.
@@ -654,12 +704,19 @@ impl Session {
     fn rebuild_ring(&mut self, gpu: &Gpu) {
         self.ring = HistoryRing::new(self.ring.capacity());
         self.ring_tokens = vec![0; self.ring.capacity() as usize];
-        let skip = self.recent.len().saturating_sub(self.ring.capacity() as usize);
+        let skip = self
+            .recent
+            .len()
+            .saturating_sub(self.ring.capacity() as usize);
         for &token in self.recent.iter().skip(skip) {
             self.ring.push(&mut self.ring_tokens, token);
         }
         if !self.ring_tokens.is_empty() {
-            gpu.queue.write_buffer(&self.buffers.history, 0, bytemuck::cast_slice(&self.ring_tokens));
+            gpu.queue.write_buffer(
+                &self.buffers.history,
+                0,
+                bytemuck::cast_slice(&self.ring_tokens),
+            );
         }
         self.ring_dirty = false;
     }
