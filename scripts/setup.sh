@@ -20,9 +20,9 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ! command -v vulkaninf
   $sudo apt-get install -y -q vulkan-tools
 fi
 
-# Targets for `cargo check` of the Metal and DX12 paths (test.sh).
+# Targets for `cargo check` of the Metal, DX12 and browser builds (test.sh).
 installed=$(rustup target list --installed)
-for target in aarch64-apple-darwin x86_64-pc-windows-msvc; do
+for target in aarch64-apple-darwin x86_64-pc-windows-msvc wasm32-unknown-unknown; do
   grep -qx "$target" <<<"$installed" || rustup target add "$target"
 done
 

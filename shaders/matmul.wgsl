@@ -1,25 +1,22 @@
-// matmul: out[r, o] = sum_i x[r, i] * W[o, i]; with ACCUMULATE, out[r, o] += the same sum (a
-// fused residual add). W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by
+// matmul: out[r, o] = sum_i x[r, i] * W[o, i]; with ACCUMULATE, out[r, o] += that sum (a fused
+// residual add). W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by
 // common/quant.wgsl and never expanded in memory.
-// Each invocation computes a TILE_ROWS x TILE_COLS block of out in registers: it decodes 8
-// weights of each of its TILE_COLS rows of W at a time and uses them for all its TILE_ROWS rows
-// of x. The invocations of a workgroup take neighbouring columns (o, o + WG_SIZE, ...) and the
-// same rows, so every x load is the same for the whole workgroup. No barriers and no workgroup
-// memory: CPU drivers (lavapipe, SwiftShader) run those 5-10x slower.
-// VEC is the decode-time shape (TILE_ROWS = 1, a few rows in all): x sits in a uniform buffer,
-// which lavapipe reads faster than a storage buffer.
-// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; ACCUMULATE.
-// Overrides: WG_SIZE, TILE_ROWS (<= MAX_TILE_ROWS), TILE_COLS (<= MAX_TILE_COLS). Spec: none.
+// No barriers, no workgroup memory: CPU drivers run those 5-10x slower. The invocations of a
+// workgroup take neighbouring output columns of the same rows, so x is read at the same address
+// by all of them. On lavapipe the cost is in loads (a storage load costs a dozen instructions
+// per invocation, a uniform load at a shared address almost nothing), so each invocation keeps
+// a block of outputs in registers, hand-unrolled into named vec4s: private arrays indexed in
+// loops end up in memory there (measured 1.5-3x slower).
+//   VEC (decode: one or a few rows): x in a uniform buffer; an invocation computes 4 columns of
+//     one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE).
+//   tile (prefill): x in a storage buffer; an invocation computes 4 rows x 8 columns, so a
+//     decoded weight serves 4 rows and an x value 8 columns.
+// n_in is a multiple of 32 for quant formats and of 4 for float ones (checked on the host).
+// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; ACCUMULATE. Overrides: WG_SIZE. Spec: none.
 
 #include "common/quant.wgsl"
 
 override WG_SIZE: u32 = 16u;
-override TILE_ROWS: u32 = 1u;
-override TILE_COLS: u32 = 1u;
-
-// Bounds of the register arrays; the override loops only touch their first TILE_* entries.
-const MAX_TILE_ROWS: u32 = 8u;
-const MAX_TILE_COLS: u32 = 4u;
 
 struct Params {
     n_rows: u32,
@@ -29,38 +26,119 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weight: array<u32>;    // [n_out, row_bytes(n_in) / 4] + 1 spare word
+@group(0) @binding(1) var<storage, read> weight: array<u32>;    // [n_out, row_bytes(n_in) / 4]
 #if VEC
 // 64 KiB, the smallest max_uniform_buffer_binding_size WebGPU allows.
 const X_VEC4S: u32 = 4096u;
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, X_VEC4S>; // [n_rows, n_in], n_rows * n_in <= 4 * X_VEC4S
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, X_VEC4S>; // [n_rows, n_in / 4], n_rows * n_in <= 4 * X_VEC4S
 #else
-@group(0) @binding(2) var<storage, read> x: array<f32>;         // [n_rows, n_in]
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;   // [n_rows, n_in / 4]
 #endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, n_out]
 
-#if VEC
-fn x_at(e: u32) -> f32 {
-    return x[e >> 2u][e & 3u];
+// x[e .. e + 4] for a flat index e (a multiple of 4).
+fn x4_at(e: u32) -> vec4<f32> {
+    return x[e >> 2u];
 }
 
-// x[e .. e + 4]. Unaligned only for float weights with n_in % 4 != 0; `e` is the same for the
-// whole workgroup, so the branch never diverges.
-fn x4_at(e: u32) -> vec4<f32> {
-    if (e & 3u) == 0u {
-        return x[e >> 2u];
+// Weights i .. i + 4 of a row, one at a time: the float formats' tail after the last chunk.
+fn weights4_at(row_byte: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(weight_at(row_byte, i), weight_at(row_byte, i + 1u), weight_at(row_byte, i + 2u), weight_at(row_byte, i + 3u));
+}
+
+fn store(r: u32, o: u32, value: f32) {
+    if r < params.n_rows && o < params.n_out {
+        let at = r * params.n_out + o;
+#if ACCUMULATE
+        out[at] += value;
+#else
+        out[at] = value;
+#endif
     }
-    return vec4<f32>(x_at(e), x_at(e + 1u), x_at(e + 2u), x_at(e + 3u));
+}
+
+// The byte offset of row o of W. Columns past n_out read the last row instead, so every load
+// stays in bounds; `store` drops their results.
+fn w_row(o: u32) -> u32 {
+    return min(o, params.n_out - 1u) * row_bytes(params.n_in);
+}
+
+#if VEC
+// acc + the 8 products of one group, kept as 4 partial sums.
+fn mac(acc: vec4<f32>, w: Group, x_lo: vec4<f32>, x_hi: vec4<f32>) -> vec4<f32> {
+    return fma(w.lo, x_lo, fma(w.hi, x_hi, acc));
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n_in = params.n_in;
+    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
+    let n_col_groups = (params.n_out + 4u * WG_SIZE - 1u) / (4u * WG_SIZE);
+    let flat = wid.x + wid.y * n_wg.x;
+    let r = flat / n_col_groups;
+    if r >= params.n_rows {
+        return;
+    }
+    let o = flat % n_col_groups * 4u * WG_SIZE + lid;
+    let w0 = w_row(o);
+    let w1 = w_row(o + WG_SIZE);
+    let w2 = w_row(o + 2u * WG_SIZE);
+    let w3 = w_row(o + 3u * WG_SIZE);
+    let x_row = r * n_in;
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    let n_chunks = n_in / CHUNK_ELEMS;
+    for (var k = 0u; k < n_chunks; k++) {
+        let c0 = chunk_at(w0, k);
+        let c1 = chunk_at(w1, k);
+        let c2 = chunk_at(w2, k);
+        let c3 = chunk_at(w3, k);
+        for (var g = 0u; g < 4u; g++) {
+            let x_lo = x4_at(x_row + k * CHUNK_ELEMS + lo_offset(g));
+            let x_hi = x4_at(x_row + k * CHUNK_ELEMS + hi_offset(g));
+            a0 = mac(a0, group_at(c0, g), x_lo, x_hi);
+            a1 = mac(a1, group_at(c1, g), x_lo, x_hi);
+            a2 = mac(a2, group_at(c2, g), x_lo, x_hi);
+            a3 = mac(a3, group_at(c3, g), x_lo, x_hi);
+        }
+    }
+    // Float formats only (their block is one weight): the weights after the last whole chunk.
+    for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i += 4u) {
+        let xi = x4_at(x_row + i);
+        a0 = fma(weights4_at(w0, i), xi, a0);
+        a1 = fma(weights4_at(w1, i), xi, a1);
+        a2 = fma(weights4_at(w2, i), xi, a2);
+        a3 = fma(weights4_at(w3, i), xi, a3);
+    }
+    let ones = vec4<f32>(1.0);
+    store(r, o, dot(a0, ones));
+    store(r, o + WG_SIZE, dot(a1, ones));
+    store(r, o + 2u * WG_SIZE, dot(a2, ones));
+    store(r, o + 3u * WG_SIZE, dot(a3, ones));
 }
 #else
-fn x_at(e: u32) -> f32 {
-    return x[e];
+// acc + one group of a column's weights times 4 rows of x: the columns of x_lo and x_hi are the
+// rows, so component j of the result is row j's dot product.
+fn mac(acc: vec4<f32>, w: Group, x_lo: mat4x4<f32>, x_hi: mat4x4<f32>) -> vec4<f32> {
+    return acc + w.lo * x_lo + w.hi * x_hi;
 }
 
-fn x4_at(e: u32) -> vec4<f32> {
-    return vec4<f32>(x[e], x[e + 1u], x[e + 2u], x[e + 3u]);
+fn x_rows(x0: u32, x1: u32, x2: u32, x3: u32, i: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(x4_at(x0 + i), x4_at(x1 + i), x4_at(x2 + i), x4_at(x3 + i));
 }
-#endif
+
+fn store_rows(r0: u32, o: u32, acc: vec4<f32>) {
+    store(r0, o, acc.x);
+    store(r0 + 1u, o, acc.y);
+    store(r0 + 2u, o, acc.z);
+    store(r0 + 3u, o, acc.w);
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -70,72 +148,78 @@ fn main(
 ) {
     let n_rows = params.n_rows;
     let n_in = params.n_in;
-    let n_out = params.n_out;
     // Workgroups are laid out column group first, then row tile; a 2-D grid spills into y.
-    let cols_per_wg = WG_SIZE * TILE_COLS;
-    let n_col_groups = (n_out + cols_per_wg - 1u) / cols_per_wg;
+    let n_col_groups = (params.n_out + 8u * WG_SIZE - 1u) / (8u * WG_SIZE);
     let flat = wid.x + wid.y * n_wg.x;
-    let r0 = flat / n_col_groups * TILE_ROWS;
+    let r0 = flat / n_col_groups * 4u;
     if r0 >= n_rows {
         return;
     }
-    let o0 = flat % n_col_groups * cols_per_wg + lid;
-
-    // Columns past n_out read the last row of W and rows past n_rows the last row of x, so
-    // every load stays in bounds; their results are not written.
-    let row_len = row_bytes(n_in);
-    var row_byte: array<u32, MAX_TILE_COLS>;
-    for (var c = 0u; c < TILE_COLS; c++) {
-        row_byte[c] = min(o0 + c * WG_SIZE, n_out - 1u) * row_len;
-    }
-    var x_row: array<u32, MAX_TILE_ROWS>;
-    for (var r = 0u; r < TILE_ROWS; r++) {
-        x_row[r] = min(r0 + r, n_rows - 1u) * n_in;
-    }
-
-    var acc: array<f32, MAX_TILE_ROWS * MAX_TILE_COLS>; // [TILE_ROWS, MAX_TILE_COLS]
+    let o = flat % n_col_groups * 8u * WG_SIZE + lid;
+    let w0 = w_row(o);
+    let w1 = w_row(o + WG_SIZE);
+    let w2 = w_row(o + 2u * WG_SIZE);
+    let w3 = w_row(o + 3u * WG_SIZE);
+    let w4 = w_row(o + 4u * WG_SIZE);
+    let w5 = w_row(o + 5u * WG_SIZE);
+    let w6 = w_row(o + 6u * WG_SIZE);
+    let w7 = w_row(o + 7u * WG_SIZE);
+    // Rows past n_rows read the last row; `store` drops their results.
+    let x0 = min(r0, n_rows - 1u) * n_in;
+    let x1 = min(r0 + 1u, n_rows - 1u) * n_in;
+    let x2 = min(r0 + 2u, n_rows - 1u) * n_in;
+    let x3 = min(r0 + 3u, n_rows - 1u) * n_in;
+    // a<c>[j] = out[r0 + j, o + c * WG_SIZE].
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    var a4 = vec4<f32>();
+    var a5 = vec4<f32>();
+    var a6 = vec4<f32>();
+    var a7 = vec4<f32>();
     let n_chunks = n_in / CHUNK_ELEMS;
     for (var k = 0u; k < n_chunks; k++) {
-        var chunk: array<Chunk, MAX_TILE_COLS>;
-        for (var c = 0u; c < TILE_COLS; c++) {
-            chunk[c] = chunk_at(row_byte[c], k);
-        }
+        let c0 = chunk_at(w0, k);
+        let c1 = chunk_at(w1, k);
+        let c2 = chunk_at(w2, k);
+        let c3 = chunk_at(w3, k);
+        let c4 = chunk_at(w4, k);
+        let c5 = chunk_at(w5, k);
+        let c6 = chunk_at(w6, k);
+        let c7 = chunk_at(w7, k);
         for (var g = 0u; g < 4u; g++) {
-            var w: array<Group, MAX_TILE_COLS>;
-            for (var c = 0u; c < TILE_COLS; c++) {
-                w[c] = group_at(chunk[c], g);
-            }
-            for (var r = 0u; r < TILE_ROWS; r++) {
-                let e = x_row[r] + k * CHUNK_ELEMS;
-                let x_lo = x4_at(e + lo_offset(g));
-                let x_hi = x4_at(e + hi_offset(g));
-                for (var c = 0u; c < TILE_COLS; c++) {
-                    acc[r * MAX_TILE_COLS + c] += dot(w[c].lo, x_lo) + dot(w[c].hi, x_hi);
-                }
-            }
+            let x_lo = x_rows(x0, x1, x2, x3, k * CHUNK_ELEMS + lo_offset(g));
+            let x_hi = x_rows(x0, x1, x2, x3, k * CHUNK_ELEMS + hi_offset(g));
+            a0 = mac(a0, group_at(c0, g), x_lo, x_hi);
+            a1 = mac(a1, group_at(c1, g), x_lo, x_hi);
+            a2 = mac(a2, group_at(c2, g), x_lo, x_hi);
+            a3 = mac(a3, group_at(c3, g), x_lo, x_hi);
+            a4 = mac(a4, group_at(c4, g), x_lo, x_hi);
+            a5 = mac(a5, group_at(c5, g), x_lo, x_hi);
+            a6 = mac(a6, group_at(c6, g), x_lo, x_hi);
+            a7 = mac(a7, group_at(c7, g), x_lo, x_hi);
         }
     }
     // Float formats only (their block is one weight): the weights after the last whole chunk.
-    for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i++) {
-        for (var c = 0u; c < TILE_COLS; c++) {
-            let w = weight_at(row_byte[c], i);
-            for (var r = 0u; r < TILE_ROWS; r++) {
-                acc[r * MAX_TILE_COLS + c] += w * x_at(x_row[r] + i);
-            }
-        }
+    for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i += 4u) {
+        let xi = x_rows(x0, x1, x2, x3, i);
+        a0 += weights4_at(w0, i) * xi;
+        a1 += weights4_at(w1, i) * xi;
+        a2 += weights4_at(w2, i) * xi;
+        a3 += weights4_at(w3, i) * xi;
+        a4 += weights4_at(w4, i) * xi;
+        a5 += weights4_at(w5, i) * xi;
+        a6 += weights4_at(w6, i) * xi;
+        a7 += weights4_at(w7, i) * xi;
     }
-
-    for (var r = 0u; r < TILE_ROWS; r++) {
-        for (var c = 0u; c < TILE_COLS; c++) {
-            let o = o0 + c * WG_SIZE;
-            if r0 + r < n_rows && o < n_out {
-                let at = (r0 + r) * n_out + o;
-#if ACCUMULATE
-                out[at] += acc[r * MAX_TILE_COLS + c];
-#else
-                out[at] = acc[r * MAX_TILE_COLS + c];
-#endif
-            }
-        }
-    }
+    store_rows(r0, o, a0);
+    store_rows(r0, o + WG_SIZE, a1);
+    store_rows(r0, o + 2u * WG_SIZE, a2);
+    store_rows(r0, o + 3u * WG_SIZE, a3);
+    store_rows(r0, o + 4u * WG_SIZE, a4);
+    store_rows(r0, o + 5u * WG_SIZE, a5);
+    store_rows(r0, o + 6u * WG_SIZE, a6);
+    store_rows(r0, o + 7u * WG_SIZE, a7);
 }
+#endif

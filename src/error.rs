@@ -4,6 +4,7 @@ use crate::attention::PolicyError;
 use crate::generate::GenerateError;
 use crate::gpu::GpuError;
 use crate::kernels::attention::AttentionError;
+use crate::kernels::matmul::MatmulError;
 use crate::kernels::sample::SampleError;
 use crate::model::gguf::GgufError;
 use crate::model::ModelError;
@@ -21,6 +22,8 @@ pub enum Error {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Attention(#[from] AttentionError),
+    #[error(transparent)]
+    Matmul(#[from] MatmulError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]

@@ -48,13 +48,22 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
     )
     .unwrap();
     let vocab = tiny.vocab_size;
-    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 37 + 5) % vocab as u32).collect();
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| (i * 37 + 5) % vocab as u32)
+        .collect();
     let mut cache = CpuKvCache::default();
     let cpu_logits = cpu.forward(&prompt, &mut cache).unwrap();
-    let label = format!("{:?}/{:?} tied={}", tiny.format, tiny.embed_format, tiny.tied);
+    let label = format!(
+        "{:?}/{:?} tied={}",
+        tiny.format, tiny.embed_format, tiny.tied
+    );
     session.feed(&prompt).unwrap();
     let last = &cpu_logits[(prompt_len - 1) * vocab..];
-    assert_logits_close(&format!("{label} prefill"), &session.logits().unwrap(), last);
+    assert_logits_close(
+        &format!("{label} prefill"),
+        &session.logits().unwrap(),
+        last,
+    );
     // Greedy decode: the GPU samples (argmax on the GPU), the CPU follows the same tokens.
     let mut token = session.feed_and_sample(&[], &SamplingParams::greedy());
     assert!(token.is_err(), "an empty feed is an error");
@@ -63,10 +72,17 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
     for step in 0..n_decode {
         let t = token.unwrap();
         let want = argmax(&cpu_last);
-        assert_eq!(t, want, "{label} step {step}: gpu sampled {t}, cpu argmax {want}");
+        assert_eq!(
+            t, want,
+            "{label} step {step}: gpu sampled {t}, cpu argmax {want}"
+        );
         token = session.decode(&SamplingParams::greedy());
         cpu_last = cpu.forward(&[t], &mut cache).unwrap();
-        assert_logits_close(&format!("{label} decode {step}"), &session.logits().unwrap(), &cpu_last);
+        assert_logits_close(
+            &format!("{label} decode {step}"),
+            &session.logits().unwrap(),
+            &cpu_last,
+        );
     }
 }
 

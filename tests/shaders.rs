@@ -22,10 +22,9 @@ fn every_variant_validates() {
             .unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&spec.source)));
         let constants: naga::back::PipelineConstants = spec.overrides.iter().cloned().collect();
         let entry = Some((naga::ShaderStage::Compute, spec.entry));
-        let (module, _) = naga::back::pipeline_constants::process_overrides(
-            &module, &info, entry, &constants,
-        )
-        .unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", spec.label, spec.overrides));
+        let (module, _) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants)
+                .unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", spec.label, spec.overrides));
         Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{} with overrides: {e}", spec.label));

@@ -1,11 +1,15 @@
 // quant: decodes ggml weight blocks kept as their raw little-endian bytes in `weight`, an
-// `array<u32>` binding that the including shader declares ([n_out, row_bytes / 4] and one spare
-// word: see `word_at`). Row `o` of a weight matrix starts at byte `o * row_bytes(n_in)`.
+// `array<u32>` binding that the including shader declares ([n_out, row_bytes / 4], zero-padded
+// to whole words). Row `o` of a weight matrix starts at byte `o * row_bytes(n_in)`.
 // Two ways to read a row: a chunk of CHUNK_ELEMS = 32 consecutive weights at a time
-// (`chunk_at` once, then `group_at` for each of its 4 groups of 8), or one weight
+// (`chunk_at` once, then `group_at` for each of its 4 groups of 8; F16/BF16 rows must start
+// 4-byte aligned, which matmul's n_in % 4 == 0 ensures), or one weight at any position
 // (`weight_at`). A group holds weights for x[32c + lo_offset(g) ..+ 4] in `lo` and for
 // x[32c + hi_offset(g) ..+ 4] in `hi`: Q4 blocks keep weights j and j + 16 in one byte, so a
 // Q4 group is not 8 consecutive weights.
+// Each word of a block is loaded once: on CPU drivers a load whose address differs between
+// invocations costs a dozen instructions per invocation, more than the arithmetic that decodes
+// it. No load reaches past the word holding a block's last byte.
 // Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0. Spec: ggml block layouts (notes/model.md §4).
 
 const CHUNK_ELEMS: u32 = 32u;
@@ -15,14 +19,11 @@ struct Group {
     hi: vec4<f32>,
 }
 
-// 32 bits at an even byte offset. Q8_0 (34-byte) and Q4_0 (18-byte) blocks and F16/BF16 rows
-// of odd length are only 2-byte aligned. For an aligned offset the second word is shifted out
-// in two steps, because WGSL takes a shift amount modulo 32. The second word may be the one
-// past the last block: the upload adds a spare zero word for it.
-fn word_at(byte: u32) -> u32 {
-    let i = byte >> 2u;
-    let sh = (byte & 2u) * 8u;
-    return (weight[i] >> sh) | ((weight[i + 1u] << 16u) << (16u - sh));
+// The 32 bits starting 2 bytes into word `a` (its high half, then the low half of `b`). Q8_0
+// (34-byte) and Q4_0 (18-byte) blocks are only 2-byte aligned; their words are loaded aligned
+// and recombined with this.
+fn straddle(a: u32, b: u32) -> u32 {
+    return (a >> 16u) | (b << 16u);
 }
 
 // An f16 (the low 16 bits of `h`) as f32, by integer ops: naga only accepts unpack2x16float
@@ -98,7 +99,7 @@ fn weight_at(row_byte: u32, i: u32) -> f32 {
 }
 #endif
 
-// ---- F16: 2 bytes per weight; a row of odd length makes the next row 2-byte aligned.
+// ---- F16: 2 bytes per weight (`weight_at` also reads rows of odd length, 2-byte aligned).
 #if F16
 const BLOCK_ELEMS: u32 = 1u;
 const BLOCK_BYTES: u32 = 2u;
@@ -106,11 +107,11 @@ const GROUP_STRIDE: u32 = 8u;
 const HI_SKIP: u32 = 4u;
 
 struct Chunk {
-    byte: u32,
+    word: u32,
 }
 
 fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    return Chunk(row_byte + c * 64u);
+    return Chunk((row_byte >> 2u) + c * 16u);
 }
 
 // The two f16 values of a word, low half first.
@@ -119,9 +120,9 @@ fn f16_pair(w: u32) -> vec2<f32> {
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
-    let b = ch.byte + 16u * g;
-    let lo = vec4<f32>(f16_pair(word_at(b)), f16_pair(word_at(b + 4u)));
-    let hi = vec4<f32>(f16_pair(word_at(b + 8u)), f16_pair(word_at(b + 12u)));
+    let i = ch.word + 4u * g;
+    let lo = vec4<f32>(f16_pair(weight[i]), f16_pair(weight[i + 1u]));
+    let hi = vec4<f32>(f16_pair(weight[i + 2u]), f16_pair(weight[i + 3u]));
     return Group(lo, hi);
 }
 
@@ -130,7 +131,7 @@ fn weight_at(row_byte: u32, i: u32) -> f32 {
 }
 #endif
 
-// ---- BF16: 2 bytes per weight, the top half of an f32.
+// ---- BF16: 2 bytes per weight, the top half of an f32 (`weight_at` as for F16).
 #if BF16
 const BLOCK_ELEMS: u32 = 1u;
 const BLOCK_BYTES: u32 = 2u;
@@ -138,11 +139,11 @@ const GROUP_STRIDE: u32 = 8u;
 const HI_SKIP: u32 = 4u;
 
 struct Chunk {
-    byte: u32,
+    word: u32,
 }
 
 fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    return Chunk(row_byte + c * 64u);
+    return Chunk((row_byte >> 2u) + c * 16u);
 }
 
 // The two bf16 values of a word, low half first.
@@ -151,9 +152,9 @@ fn bf16_pair(w: u32) -> vec2<f32> {
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
-    let b = ch.byte + 16u * g;
-    let lo = vec4<f32>(bf16_pair(word_at(b)), bf16_pair(word_at(b + 4u)));
-    let hi = vec4<f32>(bf16_pair(word_at(b + 8u)), bf16_pair(word_at(b + 12u)));
+    let i = ch.word + 4u * g;
+    let lo = vec4<f32>(bf16_pair(weight[i]), bf16_pair(weight[i + 1u]));
+    let hi = vec4<f32>(bf16_pair(weight[i + 2u]), bf16_pair(weight[i + 3u]));
     return Group(lo, hi);
 }
 
@@ -163,7 +164,8 @@ fn weight_at(row_byte: u32, i: u32) -> f32 {
 }
 #endif
 
-// ---- Q8_0: 34 bytes = f16 d, int8 qs[32]; w[i] = d * qs[i].
+// ---- Q8_0: 34 bytes = f16 d, int8 qs[32]; w[i] = d * qs[i]. A block starting at byte p spans
+// words p / 4 .. p / 4 + 8 whether p is 4-byte aligned or not: the chunk loads those 9 once.
 #if Q8_0
 const BLOCK_ELEMS: u32 = 32u;
 const BLOCK_BYTES: u32 = 34u;
@@ -171,18 +173,44 @@ const GROUP_STRIDE: u32 = 8u;
 const HI_SKIP: u32 = 4u;
 
 struct Chunk {
-    qs_byte: u32,
+    q_lo: vec4<u32>, // qs[0..16] as 4 words
+    q_hi: vec4<u32>, // qs[16..32]
     d: f32,
 }
 
 fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    let b = row_byte + c * BLOCK_BYTES;
-    return Chunk(b + 2u, half_at(b));
+    let p = row_byte + c * BLOCK_BYTES;
+    let j = p >> 2u;
+    let u = array<u32, 9>(
+        weight[j], weight[j + 1u], weight[j + 2u], weight[j + 3u], weight[j + 4u],
+        weight[j + 5u], weight[j + 6u], weight[j + 7u], weight[j + 8u],
+    );
+    // p % 4 == 0: d is the low half of u[0] and each qs word straddles two loaded words;
+    // p % 4 == 2: d is the high half and the qs words are u[1..9].
+    let s = (p & 2u) == 0u;
+    let q_lo = select(
+        vec4<u32>(u[1], u[2], u[3], u[4]),
+        vec4<u32>(straddle(u[0], u[1]), straddle(u[1], u[2]), straddle(u[2], u[3]), straddle(u[3], u[4])),
+        s,
+    );
+    let q_hi = select(
+        vec4<u32>(u[5], u[6], u[7], u[8]),
+        vec4<u32>(straddle(u[4], u[5]), straddle(u[5], u[6]), straddle(u[6], u[7]), straddle(u[7], u[8])),
+        s,
+    );
+    let d = f16_to_f32(select(u[0] >> 16u, u[0] & 0xffffu, s));
+    return Chunk(q_lo, q_hi, d);
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
-    let b = ch.qs_byte + 8u * g;
-    return Group(ch.d * signed_bytes(word_at(b)), ch.d * signed_bytes(word_at(b + 4u)));
+    var a: vec2<u32>;
+    switch g {
+        case 0u: { a = ch.q_lo.xy; }
+        case 1u: { a = ch.q_lo.zw; }
+        case 2u: { a = ch.q_hi.xy; }
+        default: { a = ch.q_hi.zw; }
+    }
+    return Group(ch.d * signed_bytes(a.x), ch.d * signed_bytes(a.y));
 }
 
 fn weight_at(row_byte: u32, i: u32) -> f32 {
@@ -192,7 +220,8 @@ fn weight_at(row_byte: u32, i: u32) -> f32 {
 }
 #endif
 
-// ---- Q4_0: 18 bytes = f16 d, qs[16]; w = d * (nibble - 8), computed as d * nibble + (-8 d).
+// ---- Q4_0: 18 bytes = f16 d, qs[16]; w = d * (nibble - 8), computed as d * nibble + (-8 d). A
+// block starting at byte p spans words p / 4 .. p / 4 + 4: the chunk loads those 5 once.
 #if Q4_0
 const BLOCK_ELEMS: u32 = 32u;
 const BLOCK_BYTES: u32 = 18u;
@@ -200,19 +229,28 @@ const GROUP_STRIDE: u32 = 4u;
 const HI_SKIP: u32 = 16u;
 
 struct Chunk {
-    qs_byte: u32,
+    q: vec4<u32>, // qs[0..16] as 4 words
     d: f32,
     m: f32,
 }
 
 fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    let b = row_byte + c * BLOCK_BYTES;
-    let d = half_at(b);
-    return Chunk(b + 2u, d, -8.0 * d);
+    let p = row_byte + c * BLOCK_BYTES;
+    let j = p >> 2u;
+    let u = array<u32, 5>(weight[j], weight[j + 1u], weight[j + 2u], weight[j + 3u], weight[j + 4u]);
+    // As for Q8_0: p % 4 == 0 puts d in the low half of u[0] and makes the qs words straddle.
+    let s = (p & 2u) == 0u;
+    let q = select(
+        vec4<u32>(u[1], u[2], u[3], u[4]),
+        vec4<u32>(straddle(u[0], u[1]), straddle(u[1], u[2]), straddle(u[2], u[3]), straddle(u[3], u[4])),
+        s,
+    );
+    let d = f16_to_f32(select(u[0] >> 16u, u[0] & 0xffffu, s));
+    return Chunk(q, d, -8.0 * d);
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
-    let q = word_at(ch.qs_byte + 4u * g);
+    let q = ch.q[g];
     let d = vec4<f32>(ch.d);
     let m = vec4<f32>(ch.m);
     return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));

@@ -192,7 +192,10 @@ mod tests {
         // A refused chunk changes nothing.
         assert_eq!(slots.n_seen(), 5);
         slots.truncate(2);
-        assert_eq!(slots.slot_token(), &[0, 1, EMPTY_SLOT, EMPTY_SLOT, EMPTY_SLOT]);
+        assert_eq!(
+            slots.slot_token(),
+            &[0, 1, EMPTY_SLOT, EMPTY_SLOT, EMPTY_SLOT]
+        );
         assert_eq!(slots.place(1).unwrap().slots, vec![2]);
         slots.reset();
         assert_eq!(slots.n_filled(), 0);

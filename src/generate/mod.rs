@@ -212,7 +212,9 @@ impl Chat {
         // at the end-of-sequence token fed its last one too (the end token itself never is).
         let n_fed = match generation.stop {
             StopReason::Eos => generation.tokens.len(),
-            StopReason::MaxTokens | StopReason::Cancelled => generation.tokens.len().saturating_sub(1),
+            StopReason::MaxTokens | StopReason::Cancelled => {
+                generation.tokens.len().saturating_sub(1)
+            }
         };
         self.fed.extend_from_slice(&generation.tokens[..n_fed]);
         let reply = self.tokenizer.decode(&generation.tokens)?;

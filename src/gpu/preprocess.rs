@@ -31,7 +31,10 @@ fn expand(
         message,
     };
     if include_stack.iter().any(|f| f == file) {
-        return Err(err(format!("include cycle: {}", include_stack.join(" -> "))));
+        return Err(err(format!(
+            "include cycle: {}",
+            include_stack.join(" -> ")
+        )));
     }
     let text = sources
         .iter()
@@ -41,7 +44,10 @@ fn expand(
     include_stack.push(file.to_string());
     // One entry per open `#if`: (this branch is taken, some enclosing branch is not taken).
     let mut open: Vec<(bool, bool)> = Vec::new();
-    let active = |open: &[(bool, bool)]| open.last().is_none_or(|&(taken, outer_off)| taken && !outer_off);
+    let active = |open: &[(bool, bool)]| {
+        open.last()
+            .is_none_or(|&(taken, outer_off)| taken && !outer_off)
+    };
     for (line_no, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         let Some(directive) = trimmed.strip_prefix('#') else {

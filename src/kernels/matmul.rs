@@ -1,11 +1,13 @@
 //! matmul: `out[r, o] (+)= sum_i x[r, i] * W[o, i]` for a weight matrix `W [n_out, n_in]` kept
 //! on the GPU as the raw bytes of its ggml blocks and decoded inside the shader.
 //!
-//! Two kernels per weight format: `vec` for decoding (one or a few rows, x in a uniform
-//! buffer) and `tile` for prefill (each decoded weight reused for several rows of x). Both can
-//! accumulate into `out`, which is how residual adds are fused (`x = x + Wo·a`). A dispatch
-//! checks the buffers it binds against the shape it is given and returns a [`MatmulError`]
-//! naming both, never a panic. The embed kernel reads the same weights.
+//! Two kernels per weight format: `vec` for decoding (one or a few rows) and `tile` for prefill
+//! (each decoded weight reused for 4 rows of x). Both can accumulate into `out`, which is how
+//! residual adds are fused (`x = x + Wo·a`). The vec kernel reads x from a uniform buffer
+//! (twice as fast on lavapipe), so its x buffers need `BufferUsages::UNIFORM` and at least
+//! [`VEC_X_BYTES`] bytes. A dispatch checks the buffers it binds against the shape it is given
+//! and returns a [`MatmulError`] naming both, never a panic. The embed kernel reads the same
+//! weights.
 //! What this module leaves to others: reading GGUF files (`model::gguf`), mapping ggml types
 //! to [`WeightFormat`], and choosing between `vec` and `tile` (the forward pass).
 
@@ -86,7 +88,7 @@ impl WeightFormat {
     /// Bytes of a row of `n_elems` weights, or `None` if that is not a whole number of blocks
     /// or overflows.
     pub fn row_bytes(self, n_elems: usize) -> Option<usize> {
-        if n_elems % self.block_elems() != 0 {
+        if !n_elems.is_multiple_of(self.block_elems()) {
             return None;
         }
         (n_elems / self.block_elems()).checked_mul(self.block_bytes())
@@ -122,6 +124,15 @@ pub enum MatmulError {
         n_in: usize,
         block_elems: usize,
     },
+    #[error(
+        "weight `{what}`: {n_bytes} bytes are not whole {format} blocks of {block_bytes} bytes"
+    )]
+    NotWholeBlocks {
+        what: String,
+        format: WeightFormat,
+        n_bytes: usize,
+        block_bytes: usize,
+    },
     #[error("weight `{what}`: a [{n_out}, {n_in}] {format} matrix takes {expected_bytes} bytes, {n_bytes} given")]
     WeightBytes {
         what: String,
@@ -140,7 +151,13 @@ pub enum MatmulError {
         expected_bytes: u64,
         bytes: u64,
     },
-    #[error("kernel `{variant}`: buffer `{buffer}` has {bytes} bytes, {n_rows} rows need {needed}")]
+    #[error(
+        "kernel `{variant}` reads x 4 values at a time: n_in = {n_in} must be a multiple of 4"
+    )]
+    NotVec4 { variant: String, n_in: u32 },
+    #[error(
+        "kernel `{variant}`: buffer `{buffer}` has {bytes} bytes, {n_rows} rows need {needed}"
+    )]
     BufferTooSmall {
         variant: String,
         buffer: &'static str,
@@ -159,20 +176,6 @@ pub enum MatmulError {
     },
     #[error(transparent)]
     Gpu(#[from] GpuError),
-}
-
-/// `sinkstar::Error` has no variant of its own for these yet: they reach it as
-/// `GpuError::Create` carrying this error's text.
-impl From<MatmulError> for crate::Error {
-    fn from(e: MatmulError) -> crate::Error {
-        match e {
-            MatmulError::Gpu(e) => crate::Error::Gpu(e),
-            other => crate::Error::Gpu(GpuError::Create {
-                what: "matmul".into(),
-                message: other.to_string(),
-            }),
-        }
-    }
 }
 
 /// Checks that `n_bytes` is exactly a `[n_out, n_in]` matrix of `format`, for loaders that
@@ -217,25 +220,29 @@ fn weight_bytes(
     Ok(row_bytes.checked_mul(n_out))
 }
 
-/// What [`upload_weight`] makes of `n_bytes` bytes of blocks: zeros up to a multiple of 4
-/// bytes, then one spare zero word, because the shader's 32-bit reads of 2-byte aligned blocks
-/// (Q8_0, Q4_0, F16, BF16) may touch the word after the last block.
+/// The size of the buffer [`upload_weight`] makes for `n_bytes` bytes of blocks: zero-padded to
+/// whole 32-bit words (the shader reads `array<u32>`), and never empty.
 pub fn padded_weight_bytes(n_bytes: usize) -> u64 {
-    n_bytes.next_multiple_of(4) as u64 + 4
+    n_bytes.max(4).next_multiple_of(4) as u64
 }
 
 /// Uploads the raw ggml blocks of a weight matrix `[n_out, n_in]` (ggml `ne = [n_in, n_out]`),
-/// exactly as stored in the GGUF, padded as [`padded_weight_bytes`] says. Dispatches check the
-/// buffer's size against the shape they are given.
+/// exactly as stored in the GGUF, padded as [`padded_weight_bytes`] says. `bytes` must be whole
+/// blocks of `format`; dispatches check the buffer's size against the shape they are given.
 pub fn upload_weight(
     gpu: &Gpu,
     what: &str,
     format: WeightFormat,
     bytes: &[u8],
-) -> Result<TrackedBuffer, GpuError> {
-    // The format does not change the bytes; it is taken so that call sites read as what
-    // they upload.
-    let _ = format;
+) -> Result<TrackedBuffer, MatmulError> {
+    if !bytes.len().is_multiple_of(format.block_bytes()) {
+        return Err(MatmulError::NotWholeBlocks {
+            what: what.to_string(),
+            format,
+            n_bytes: bytes.len(),
+            block_bytes: format.block_bytes(),
+        });
+    }
     let buffer = gpu.storage(what, padded_weight_bytes(bytes.len()))?;
     // write_buffer needs a multiple of 4 bytes; the rest of the buffer is zero from creation.
     let whole = bytes.len() / 4 * 4;
@@ -286,26 +293,27 @@ impl MatmulKind {
         }
     }
 
-    /// Workgroup size, and rows and columns of out per invocation.
-    fn tile(self) -> (u32, u32, u32) {
+    /// Workgroup size, and the rows and columns of out one invocation computes (fixed in the
+    /// shader, which unrolls them by hand: lavapipe keeps loop-indexed register arrays in
+    /// memory).
+    fn block(self) -> (u32, u32, u32) {
         match self {
-            MatmulKind::Vec => (VEC_WG_SIZE, 1, VEC_TILE_COLS),
-            MatmulKind::Tile => (TILE_WG_SIZE, TILE_ROWS, TILE_COLS),
+            MatmulKind::Vec => (VEC_WG_SIZE, 1, 4),
+            MatmulKind::Tile => (TILE_WG_SIZE, 4, 8),
         }
     }
 }
 
-/// Vec: 16 invocations of one output each; lavapipe runs small barrier-free workgroups best.
+/// Measured on lavapipe (Q4_1, 576 -> 1536): 16 is as fast as 8 at 1536 outputs and up to 1.4x
+/// faster at 192 and 576, where 8 leaves too few workgroups.
 const VEC_WG_SIZE: u32 = 16;
-const VEC_TILE_COLS: u32 = 1;
-/// Tile: each invocation 4 rows x 2 outputs, so a decoded weight serves 4 rows.
+/// Measured on lavapipe (Q4_1, 128 rows, 576 -> 1536): 8, 16 and 32 within noise.
 const TILE_WG_SIZE: u32 = 16;
-const TILE_ROWS: u32 = 4;
-const TILE_COLS: u32 = 2;
 
 /// Size of the vec kernel's uniform x (`X_VEC4S` in matmul.wgsl): 64 KiB, the smallest
 /// `max_uniform_buffer_binding_size` WebGPU allows. x buffers for vec kernels need
-/// `BufferUsages::UNIFORM` and at least this many bytes.
+/// `BufferUsages::UNIFORM` and at least this many bytes; lavapipe reads x about twice as fast
+/// from a uniform buffer as from a storage buffer.
 pub const VEC_X_BYTES: u64 = 65536;
 
 /// One pipeline variant: `matmul_<format>_<kind>[_acc]`.
@@ -347,16 +355,12 @@ impl Variant {
         if self.accumulate {
             defines.push("ACCUMULATE");
         }
-        let (wg_size, tile_rows, tile_cols) = self.kind.tile();
+        let (wg_size, _, _) = self.kind.block();
         Ok(PipelineSpec {
             label: self.name(),
             source: shader_source("matmul.wgsl", &defines)?,
             entry: "main",
-            overrides: vec![
-                ("WG_SIZE".into(), f64::from(wg_size)),
-                ("TILE_ROWS".into(), f64::from(tile_rows)),
-                ("TILE_COLS".into(), f64::from(tile_cols)),
-            ],
+            overrides: vec![("WG_SIZE".into(), f64::from(wg_size))],
             bindings: vec![
                 Binding::Uniform,
                 Binding::Read,
@@ -423,8 +427,8 @@ impl Matmul {
             ..
         } = shape;
         let format = self.variant.format;
-        let expected = weight_bytes(&variant, format, n_in as usize, n_out as usize)?
-            .map(padded_weight_bytes);
+        let expected =
+            weight_bytes(&variant, format, n_in as usize, n_out as usize)?.map(padded_weight_bytes);
         if expected != Some(weight.size()) {
             return Err(MatmulError::WeightBuffer {
                 variant,
@@ -434,6 +438,9 @@ impl Matmul {
                 expected_bytes: expected.unwrap_or(u64::MAX),
                 bytes: weight.size(),
             });
+        }
+        if !n_in.is_multiple_of(4) {
+            return Err(MatmulError::NotVec4 { variant, n_in });
         }
         let rows = u64::from(n_rows);
         let too_small = |buffer, bytes, needed| MatmulError::BufferTooSmall {
@@ -492,18 +499,18 @@ impl Matmul {
         })
     }
 
-    /// The grid of `kind` for `n_rows` rows and `n_out` outputs: one workgroup per
-    /// `WG_SIZE * TILE_COLS` outputs and `TILE_ROWS` rows, spilling into y past the
-    /// per-dimension limit.
+    /// The grid of `kind` for `n_rows` rows and `n_out` outputs: one workgroup per `WG_SIZE`
+    /// invocations' worth of columns and rows (vec: 4 columns of 1 row each; tile: 8 columns
+    /// of 4 rows), spilling into y past the per-dimension limit.
     pub fn grid(
         gpu: &Gpu,
         kind: MatmulKind,
         n_rows: u32,
         n_out: u32,
     ) -> Result<[u32; 3], GpuError> {
-        let (wg_size, tile_rows, tile_cols) = kind.tile();
-        let n_col_groups = u64::from(n_out).div_ceil(u64::from(wg_size * tile_cols));
-        let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(tile_rows));
+        let (wg_size, rows, cols) = kind.block();
+        let n_col_groups = u64::from(n_out).div_ceil(u64::from(wg_size * cols));
+        let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(rows));
         grid(gpu, "matmul workgroups", n_col_groups * n_row_tiles)
     }
 }
@@ -520,7 +527,7 @@ pub fn matmul_cpu(
     accumulate: bool,
 ) -> Result<(), MatmulError> {
     check_weight("matmul_cpu weight", format, n_in, n_out, weight.len())?;
-    let n_rows = if n_in == 0 { 0 } else { x.len() / n_in };
+    let n_rows = x.len().checked_div(n_in).unwrap_or(0);
     let too_small = |buffer, len: usize, needed: usize| MatmulError::BufferTooSmall {
         variant: "matmul_cpu".into(),
         buffer,

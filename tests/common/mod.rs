@@ -16,8 +16,9 @@ pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
         Arc::new(
-            Gpu::new_blocking(&GpuOptions::default())
-                .unwrap_or_else(|e| panic!("these tests need a GPU adapter (lavapipe will do): {e}")),
+            Gpu::new_blocking(&GpuOptions::default()).unwrap_or_else(|e| {
+                panic!("these tests need a GPU adapter (lavapipe will do): {e}")
+            }),
         )
     })
     .clone()
@@ -86,11 +87,19 @@ impl Tiny {
         let kv = head_dim * self.n_kv_heads as u64;
         let vocab = self.vocab_size as u64;
         let mut t = vec![
-            ("token_embd.weight".to_string(), vec![dim, vocab], self.embed_format),
+            (
+                "token_embd.weight".to_string(),
+                vec![dim, vocab],
+                self.embed_format,
+            ),
             ("output_norm.weight".to_string(), vec![dim], GgmlType::F32),
         ];
         if !self.tied {
-            t.push(("output.weight".to_string(), vec![dim, vocab], self.embed_format));
+            t.push((
+                "output.weight".to_string(),
+                vec![dim, vocab],
+                self.embed_format,
+            ));
         }
         for l in 0..self.n_layers {
             for (name, dims, ty) in [

@@ -14,9 +14,19 @@ const TOL_DECODE: Tol = Tol {
 };
 
 /// Looks `tokens` up in a random `[vocab_size, dim]` table and compares with `embed_cpu`.
-fn check(gpu: &Gpu, kernel: &Embed, format: WeightFormat, dim: usize, vocab_size: usize, tokens: &[u32]) {
+fn check(
+    gpu: &Gpu,
+    kernel: &Embed,
+    format: WeightFormat,
+    dim: usize,
+    vocab_size: usize,
+    tokens: &[u32],
+) {
     let mut rng = rng((dim * 7919 + vocab_size) as u64);
-    let table = quantize(format.ggml_type(), &random_vec(&mut rng, vocab_size * dim, 1.0));
+    let table = quantize(
+        format.ggml_type(),
+        &random_vec(&mut rng, vocab_size * dim, 1.0),
+    );
     let table_buf = upload_weight(gpu, "table", format, &table).unwrap();
     let tokens_buf = gpu
         .storage_with("tokens", bytemuck::cast_slice(tokens))
@@ -29,13 +39,23 @@ fn check(gpu: &Gpu, kernel: &Embed, format: WeightFormat, dim: usize, vocab_size
     let shape = Params::new(n_rows as u32, dim as u32);
     let (arena, slot) = arena_with(gpu, &shape);
     let dispatch = kernel
-        .dispatch(gpu, arena.binding(slot), &table_buf, &tokens_buf, &out, shape)
+        .dispatch(
+            gpu,
+            arena.binding(slot),
+            &table_buf,
+            &tokens_buf,
+            &out,
+            shape,
+        )
         .unwrap();
     run(gpu, &[&dispatch]);
     let got = gpu.read_f32(&out, n_rows * dim).unwrap();
     let mut want = vec![0.0; n_rows * dim];
     embed_cpu(format, &table, dim, vocab_size, tokens, &mut want).unwrap();
-    let name = format!("embed_{} vocab {vocab_size} dim {dim} rows {n_rows}", format.name());
+    let name = format!(
+        "embed_{} vocab {vocab_size} dim {dim} rows {n_rows}",
+        format.name()
+    );
     assert_close(&name, &got, &want, TOL_DECODE);
 }
 

@@ -23,10 +23,21 @@ fn swiglu_matches_cpu() {
             _pad1: 0,
         };
         let (arena, slot) = arena_with(gpu, &params);
-        let input = gpu.storage_with("gate_up", bytemuck::cast_slice(&gate_up)).unwrap();
-        let out = gpu.storage("out", (n_rows * hidden_dim * 4) as u64).unwrap();
+        let input = gpu
+            .storage_with("gate_up", bytemuck::cast_slice(&gate_up))
+            .unwrap();
+        let out = gpu
+            .storage("out", (n_rows * hidden_dim * 4) as u64)
+            .unwrap();
         let dispatch = kernel
-            .dispatch(gpu, arena.binding(slot), &input, &out, n_rows as u32, hidden_dim as u32)
+            .dispatch(
+                gpu,
+                arena.binding(slot),
+                &input,
+                &out,
+                n_rows as u32,
+                hidden_dim as u32,
+            )
             .unwrap();
         run(gpu, &[&dispatch]);
         let got = gpu.read_f32(&out, n_rows * hidden_dim).unwrap();
