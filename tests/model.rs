@@ -13,11 +13,12 @@
 
 mod common;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use sinkstar::attention::AttentionPolicy;
-use sinkstar::generate::SamplingParams;
+use sinkstar::generate::{Chat, GenerateOptions, SamplingParams};
 use sinkstar::model::gguf::Gguf;
 use sinkstar::model::{default_model_path, GpuModel, Session, SessionOptions};
 use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
@@ -188,4 +189,48 @@ fn france_answer_through_tokenizer_and_template() {
         tokenizer.decode(&tokens).unwrap(),
         "The capital of France is Paris."
     );
+}
+
+#[test]
+fn chat_turns_feed_each_token_once() {
+    let gguf = &loaded().gguf;
+    let tokenizer = Tokenizer::from_gguf(gguf).unwrap();
+    let template = ChatTemplate::from_gguf(gguf).unwrap();
+    let chat_template = ChatTemplate::from_gguf(gguf).unwrap();
+    let mut chat = Chat::new(session(), tokenizer.clone(), chat_template, None);
+    let options = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_at_eos: true,
+    };
+    let cancel = AtomicBool::new(false);
+    let mut replies = Vec::new();
+    let mut last_tokens = Vec::new();
+    for user in [
+        "What is the capital of France?",
+        "Name one river that flows through it.",
+    ] {
+        let mut reply = String::new();
+        let generation = chat
+            .send(user, &options, &cancel, &mut |t| reply.push_str(t))
+            .unwrap();
+        assert_eq!(reply, tokenizer.decode(&generation.tokens).unwrap());
+        replies.push(reply);
+        last_tokens = generation.tokens;
+    }
+    // What the cache holds (plus the pending token) is exactly the conversation as the
+    // template renders it, each token once: the first reply ended at <|im_end|>, which the
+    // second turn fed, and the second reply stopped at 12 tokens.
+    let messages = [
+        ChatMessage::user("What is the capital of France?"),
+        ChatMessage::assistant(replies[0].clone()),
+        ChatMessage::user("Name one river that flows through it."),
+    ];
+    let mut want = tokenizer
+        .encode(&template.render(&messages, true).unwrap())
+        .unwrap();
+    want.extend(&last_tokens);
+    assert_eq!(chat.context_tokens(), &want[..]);
+    let s = chat.session();
+    assert_eq!(s.n_seen() + usize::from(s.pending().is_some()), want.len());
 }

@@ -133,7 +133,8 @@ pub struct Chat {
     template: ChatTemplate,
     system: Option<String>,
     messages: Vec<ChatMessage>,
-    /// Exactly the tokens the session's cache holds, in order.
+    /// The tokens the session's cache holds, in order, then its pending token (sampled, to be
+    /// fed first by the next step).
     fed: Vec<u32>,
 }
 
@@ -158,6 +159,11 @@ impl Chat {
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The tokens of the conversation so far: those the cache holds, then the pending one.
+    pub fn context_tokens(&self) -> &[u32] {
+        &self.fed
     }
 
     /// Forgets the conversation (keeps the system message).
@@ -201,22 +207,25 @@ impl Chat {
         let generation = match result {
             Ok(generation) => generation,
             Err(e) => {
-                // Keep the conversation consistent with what the cache holds.
+                // Keep the conversation as it was. A step refused up front fed nothing; one
+                // that failed part-way through a long prompt fed some chunks (and the pending
+                // token): drop them again.
                 self.messages.pop();
-                self.session.truncate(self.fed.len())?;
+                let held = self.session.n_seen() + usize::from(self.session.pending().is_some());
+                if held != self.fed.len() {
+                    self.session.truncate(self.fed.len())?;
+                }
                 return Err(e);
             }
         };
         self.fed.extend_from_slice(&tokens[common..]);
-        // Each generated token was fed back to produce the next one; only a reply that ended
-        // at the end-of-sequence token fed its last one too (the end token itself never is).
-        let n_fed = match generation.stop {
-            StopReason::Eos => generation.tokens.len(),
-            StopReason::MaxTokens | StopReason::Cancelled => {
-                generation.tokens.len().saturating_sub(1)
-            }
-        };
-        self.fed.extend_from_slice(&generation.tokens[..n_fed]);
+        // The session feeds its pending token (the last one sampled) before anything else,
+        // so every generated token counts as held: the reply, and the end-of-turn token
+        // that stopped it, which is also how the template closes the assistant's turn.
+        self.fed.extend_from_slice(&generation.tokens);
+        if generation.stop == StopReason::Eos {
+            self.fed.push(self.tokenizer.eos());
+        }
         let reply = self.tokenizer.decode(&generation.tokens)?;
         self.messages.push(ChatMessage::assistant(reply));
         Ok(generation)

@@ -406,6 +406,11 @@ impl Session {
         self.slots.n_seen()
     }
 
+    /// The token sampled last and not fed yet: the next step feeds it first.
+    pub fn pending(&self) -> Option<u32> {
+        self.pending
+    }
+
     pub fn capacity(&self) -> usize {
         self.slots.capacity()
     }
