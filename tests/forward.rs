@@ -17,7 +17,7 @@ use sinkstar::model::{GpuModel, Session, SessionOptions};
 const LOGIT_ABS: f32 = 2e-3;
 const LOGIT_REL: f32 = 1e-3;
 
-fn assert_logits_close(what: &str, gpu: &[f32], cpu: &[f32]) {
+fn assert_values_close(what: &str, gpu: &[f32], cpu: &[f32]) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: length");
     let (mut worst, mut at) = (0.0f32, 0);
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
@@ -59,7 +59,7 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
     );
     session.feed(&prompt).unwrap();
     let last = &cpu_logits[(prompt_len - 1) * vocab..];
-    assert_logits_close(
+    assert_values_close(
         &format!("{label} prefill"),
         &session.logits().unwrap(),
         last,
@@ -78,7 +78,7 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
         );
         token = session.decode(&SamplingParams::greedy());
         cpu_last = cpu.forward(&[t], &mut cache).unwrap();
-        assert_logits_close(
+        assert_values_close(
             &format!("{label} decode {step}"),
             &session.logits().unwrap(),
             &cpu_last,
@@ -138,5 +138,32 @@ fn gqa_ratios_and_single_token_prompt() {
             ..Tiny::default()
         };
         check(&tiny, 1, 4, 3);
+    }
+}
+
+#[test]
+fn layer_by_layer_residuals_match_the_cpu_reference() {
+    let tiny = Tiny {
+        n_layers: 3,
+        ..Tiny::default()
+    };
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
+    let cpu = CpuModel::from_gguf(&gguf).unwrap();
+    let mut cpu_layers = Vec::new();
+    let tokens = [4, 8, 15, 16, 23, 42];
+    cpu.forward_traced(&tokens, &mut CpuKvCache::default(), &mut |_, x| {
+        cpu_layers.push(x.to_vec())
+    })
+    .unwrap();
+    let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    let mut session = Session::new(model, &SessionOptions::default()).unwrap();
+    for (layer, want) in cpu_layers.iter().enumerate() {
+        let got = session.residual_after(&tokens, layer + 1).unwrap();
+        assert_values_close(&format!("residual after layer {layer}"), &got, want);
+        assert_eq!(
+            session.n_seen(),
+            0,
+            "residual_after leaves the cache as it was"
+        );
     }
 }

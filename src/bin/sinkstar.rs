@@ -92,8 +92,9 @@ mod cli {
         /// Most tokens in one reply
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
-        /// 0 means greedy
-        #[arg(long, default_value_t = 0.8)]
+        /// 0 means greedy, the default: replies are reproducible and match an exact f32 pass
+        /// (try 0.8 for variety)
+        #[arg(long, default_value_t = 0.0)]
         temperature: f32,
         /// 0 turns top-k off
         #[arg(long, default_value_t = 40)]
@@ -251,7 +252,9 @@ mod cli {
                         let _ = stdout.flush();
                     },
                 )?;
-                println!();
+                // Only generated text goes to stdout; the line break for the terminal too
+                // goes to stderr.
+                eprintln!();
                 eprintln!(
                     "sinkstar: {} prompt tokens in {:.2}s, {} tokens at {:.1} tok/s ({:?})",
                     generation.prompt_tokens,

@@ -114,6 +114,8 @@ struct LayerDispatches {
 enum Head<'a> {
     /// Nothing: an inner chunk of a long prompt.
     None,
+    /// Nothing, and only the first this many layers run (layer-by-layer diffs).
+    Layers(usize),
     /// Logits of the last token, left in the logits buffer.
     Logits,
     /// Logits, then a sampled token read back.
@@ -475,6 +477,43 @@ impl Session {
         Ok(gpu.read_f32(&self.buffers.logits, self.model.config.vocab_size)?)
     }
 
+    /// Runs `tokens` (one chunk at most) through the first `n_layers` layers only and returns
+    /// the residual stream after them, `[tokens.len(), dim]`, for layer-by-layer diffs against
+    /// `CpuModel::forward_traced`. The tokens are dropped from the cache again afterwards
+    /// (as [`Session::truncate`] does).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn residual_after(&mut self, tokens: &[u32], n_layers: usize) -> Result<Vec<f32>> {
+        let model = self.model.clone();
+        let c = &model.config;
+        if tokens.len() > self.options.max_chunk || n_layers > c.n_layers {
+            return Err(ModelError::InvalidConfig {
+                what: "residual_after".into(),
+                reason: format!(
+                    "{} tokens through {n_layers} layers: at most {} tokens (one chunk) and {} \
+                     layers",
+                    tokens.len(),
+                    self.options.max_chunk,
+                    c.n_layers
+                ),
+            }
+            .into());
+        }
+        if self.pending.is_some() {
+            return Err(ModelError::InvalidConfig {
+                what: "residual_after".into(),
+                reason: "a sampled token is pending: feed it first".into(),
+            }
+            .into());
+        }
+        let n_seen = self.slots.n_seen();
+        self.prefill(tokens, Head::Layers(n_layers))?;
+        let x = model
+            .gpu()
+            .read_f32(&self.buffers.x, tokens.len() * c.dim)?;
+        self.truncate(n_seen)?;
+        Ok(x)
+    }
+
     fn prefill(&mut self, tokens: &[u32], head: Head) -> Result<Option<u32>> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput.into());
@@ -498,6 +537,7 @@ impl Session {
             let head = match (&head, last) {
                 (_, false) => Head::None,
                 (Head::None, true) => Head::None,
+                (Head::Layers(n), true) => Head::Layers(*n),
                 (Head::Logits, true) => Head::Logits,
                 (Head::Sample(s), true) => Head::Sample(s),
             };
@@ -651,7 +691,11 @@ impl Session {
             self.embed
                 .record_grid(&mut pass, Embed::grid(gpu, rows, c.dim as u32)?);
             let norm_grid = RmsNorm::grid(gpu, rows)?;
-            for layer in &self.layers {
+            let n_layers = match head {
+                Head::Layers(n) => n,
+                _ => self.layers.len(),
+            };
+            for layer in &self.layers[..n_layers] {
                 layer.attn_norm.record_grid(&mut pass, norm_grid);
                 mm(&mut pass, &layer.q, rows)?;
                 mm(&mut pass, &layer.k, rows)?;
@@ -670,7 +714,7 @@ impl Session {
                     .record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
                 mm(&mut pass, &layer.down, rows)?;
             }
-            if !matches!(head, Head::None) {
+            if matches!(head, Head::Logits | Head::Sample(_)) {
                 self.final_norm
                     .record_grid(&mut pass, RmsNorm::grid(gpu, 1)?);
                 mm(&mut pass, &self.head, 1)?;
