@@ -142,19 +142,27 @@ fn adapter_index_and_backend_name() {
 }
 
 fn tiny_model() -> Arc<GpuModel> {
-    let gguf = Gguf::from_bytes(Tiny::default().gguf()).unwrap();
+    // A trained context far beyond any device limit, so that the limit is what refuses.
+    let tiny = Tiny {
+        context_len: u32::MAX as usize,
+        ..Tiny::default()
+    };
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
     Arc::new(GpuModel::load(gpu(), &gguf).unwrap())
 }
 
-fn session(model: &Arc<GpuModel>, capacity: usize) -> Result<Session, Error> {
+fn session_with(model: &Arc<GpuModel>, policy: AttentionPolicy) -> Result<Session, Error> {
     Session::new(
         model.clone(),
         &SessionOptions {
-            policy: AttentionPolicy::Dense,
-            capacity,
+            policy,
             max_chunk: 4,
         },
     )
+}
+
+fn session(model: &Arc<GpuModel>, capacity: usize) -> Result<Session, Error> {
+    session_with(model, AttentionPolicy::Dense { capacity })
 }
 
 #[test]
@@ -242,18 +250,86 @@ fn bad_session_inputs() {
         "{err}"
     );
     assert_eq!(s.n_seen(), 0, "a refused step feeds nothing");
-    let err = Session::new(
-        model.clone(),
-        &SessionOptions {
-            policy: AttentionPolicy::Dense,
-            capacity: 0,
-            max_chunk: 4,
+}
+
+#[test]
+fn bad_policies_fail_before_any_allocation() {
+    let model = tiny_model();
+    let gpu = gpu();
+    for (policy, name) in [
+        (AttentionPolicy::Dense { capacity: 0 }, "dense"),
+        (AttentionPolicy::Window { window: 0 }, "window"),
+        (AttentionPolicy::Recompute { window: 0 }, "recompute"),
+    ] {
+        let before = gpu.allocated_bytes();
+        let err = session_with(&model, policy)
+            .err()
+            .expect("a zero-slot session");
+        assert!(
+            matches!(err, Error::Policy(PolicyError::ZeroCapacity { policy }) if policy == name),
+            "{err}"
+        );
+        assert_eq!(gpu.allocated_bytes(), before, "{name}: nothing allocated");
+    }
+    // Sinks that fill the whole span: no room for a window.
+    let err = session_with(
+        &model,
+        AttentionPolicy::Sink {
+            n_sink: 8,
+            window: 0,
         },
     )
     .err()
-    .expect("a zero-slot session");
+    .expect("sinks only");
     assert!(
-        matches!(err, Error::Policy(PolicyError::ZeroCapacity)),
+        matches!(
+            err,
+            Error::Policy(PolicyError::NoWindow {
+                n_sink: 8,
+                capacity: 8
+            })
+        ),
         "{err}"
     );
+    // A ring over the device limit.
+    let limit = gpu.limits.max_storage_buffer_binding_size;
+    let window = (limit / 128) as usize;
+    let err = session_with(&model, AttentionPolicy::Sink { n_sink: 4, window })
+        .err()
+        .expect("a ring over the limit");
+    assert!(
+        matches!(&err, Error::Gpu(GpuError::BufferTooLarge { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn window_beyond_the_trained_context() {
+    // The default tiny model was trained on 512 tokens.
+    let gguf = Gguf::from_bytes(Tiny::default().gguf()).unwrap();
+    let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    for policy in [
+        AttentionPolicy::Sink {
+            n_sink: 4,
+            window: 509,
+        },
+        AttentionPolicy::Window { window: 513 },
+        AttentionPolicy::Dense { capacity: 513 },
+    ] {
+        let err = session_with(&model, policy)
+            .err()
+            .expect("a span past the context");
+        assert!(
+            matches!(
+                err,
+                Error::Policy(PolicyError::BeyondContext {
+                    span: 513,
+                    context_len: 512,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("trained on 512"), "{err}");
+    }
 }

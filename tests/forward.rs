@@ -41,8 +41,7 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
     let mut session = Session::new(
         model,
         &SessionOptions {
-            policy: AttentionPolicy::Dense,
-            capacity: 64,
+            policy: AttentionPolicy::Dense { capacity: 64 },
             max_chunk,
         },
     )
@@ -156,7 +155,11 @@ fn layer_by_layer_residuals_match_the_cpu_reference() {
     })
     .unwrap();
     let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
-    let mut session = Session::new(model, &SessionOptions::default()).unwrap();
+    let options = SessionOptions {
+        policy: AttentionPolicy::Dense { capacity: 64 },
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(model, &options).unwrap();
     for (layer, want) in cpu_layers.iter().enumerate() {
         let got = session.residual_after(&tokens, layer + 1).unwrap();
         assert_values_close(&format!("residual after layer {layer}"), &got, want);

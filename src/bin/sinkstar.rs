@@ -19,7 +19,7 @@ mod cli {
 
     use anyhow::Context;
     use clap::{Args, Parser, Subcommand};
-    use sinkstar::attention::AttentionPolicy;
+    use sinkstar::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
     use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
     use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
     use sinkstar::model::gguf::Gguf;
@@ -111,9 +111,31 @@ mod cli {
         /// Seed of the sampler
         #[arg(long, default_value_t = 0)]
         seed: u32,
-        /// KV cache slots (the dense policy stops with a clear error when they are full)
-        #[arg(long, default_value_t = 2048)]
-        context: usize,
+        /// Attention policy: `sink` keeps the first tokens and a sliding window (constant
+        /// memory, never full), `dense` keeps everything until --context is full, `window`
+        /// drops the sinks (the failing baseline), `recompute` re-encodes the window per token
+        #[arg(long, value_enum, default_value_t = PolicyArg::Sink)]
+        attention: PolicyArg,
+        /// Sink tokens kept forever (sink policy)
+        #[arg(long, default_value_t = DEFAULT_SINKS)]
+        sinks: usize,
+        /// Most recent tokens attended to (sink, window and recompute policies)
+        #[arg(long, default_value_t = DEFAULT_WINDOW)]
+        window: usize,
+        /// Pin the whole system prompt as sinks (sink policy with --chat / chat)
+        #[arg(long)]
+        keep_system: bool,
+        /// Slots of the dense policy [default: the model's trained context]
+        #[arg(long)]
+        context: Option<usize>,
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    enum PolicyArg {
+        Sink,
+        Dense,
+        Window,
+        Recompute,
     }
 
     impl RunArgs {
@@ -191,12 +213,54 @@ mod cli {
         })
     }
 
-    fn session(loaded: &Loaded, run: &RunArgs) -> anyhow::Result<Session> {
+    /// Tokens of the rendered conversation before the first user message's text: the system
+    /// prompt and the user turn's header (what two different user messages render alike).
+    fn system_prefix_tokens(loaded: &Loaded, system: Option<&String>) -> anyhow::Result<usize> {
+        let render = |user: &str| {
+            let mut messages: Vec<ChatMessage> =
+                system.into_iter().map(ChatMessage::system).collect();
+            messages.push(ChatMessage::user(user));
+            loaded.template.render(&messages, false)
+        };
+        let (a, b) = (render("a")?, render("b")?);
+        let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        Ok(loaded.tokenizer.encode(&a[..common])?.len())
+    }
+
+    fn session(
+        loaded: &Loaded,
+        run: &RunArgs,
+        system: Option<&String>,
+        chat: bool,
+    ) -> anyhow::Result<Session> {
+        let config = &loaded.model.config;
+        let policy = match run.attention {
+            PolicyArg::Dense => AttentionPolicy::Dense {
+                capacity: run.context.unwrap_or(config.context_len),
+            },
+            PolicyArg::Window => AttentionPolicy::Window { window: run.window },
+            PolicyArg::Recompute => AttentionPolicy::Recompute { window: run.window },
+            PolicyArg::Sink => {
+                let n_sink = if run.keep_system && chat {
+                    system_prefix_tokens(loaded, system)?.max(run.sinks)
+                } else {
+                    run.sinks
+                };
+                AttentionPolicy::Sink {
+                    n_sink,
+                    window: run.window,
+                }
+            }
+        };
+        if run.keep_system && !(chat && run.attention == PolicyArg::Sink) {
+            anyhow::bail!(
+                "--keep-system needs the sink policy and a chat (chat, or generate --chat)"
+            );
+        }
         Ok(Session::new(
             loaded.model.clone(),
             &SessionOptions {
-                policy: AttentionPolicy::Dense,
-                capacity: run.context,
+                policy,
                 ..SessionOptions::default()
             },
         )?)
@@ -238,7 +302,7 @@ mod cli {
                     text
                 };
                 let prompt = loaded.tokenizer.encode(&text)?;
-                let mut session = session(&loaded, run)?;
+                let mut session = session(&loaded, run, system.as_ref(), *chat)?;
                 let cancel = cancel_flag()?;
                 let mut stdout = std::io::stdout();
                 let generation = generate(
@@ -268,7 +332,7 @@ mod cli {
             Command::Chat { system, run } => {
                 let loaded = load(&cli)?;
                 let options = run.options()?;
-                let session = session(&loaded, run)?;
+                let session = session(&loaded, run, system.as_ref(), true)?;
                 let mut chat = Chat::new(
                     session,
                     loaded.tokenizer.clone(),
@@ -333,12 +397,15 @@ mod cli {
                     if generation.stop == StopReason::Cancelled {
                         eprintln!("(reply stopped)");
                     }
+                    let session = chat.session();
                     eprintln!(
-                        "[{} tokens, {:.1} tok/s, {} of {} cache slots used]",
+                        "[{} tokens, {:.1} tok/s; {} tokens seen, {} of {} cache slots in use ({})]",
                         generation.tokens.len(),
                         generation.decode_tokens_per_sec(),
-                        chat.session().n_seen(),
-                        chat.session().capacity()
+                        session.n_seen(),
+                        session.n_filled(),
+                        session.capacity(),
+                        session.policy().name()
                     );
                 }
                 // A full context or a bad input ends the reply, not the chat.
@@ -423,8 +490,7 @@ mod cli {
         let mut session = Session::new(
             loaded.model.clone(),
             &SessionOptions {
-                policy: AttentionPolicy::Dense,
-                capacity,
+                policy: AttentionPolicy::Dense { capacity },
                 ..SessionOptions::default()
             },
         )?;

@@ -126,16 +126,17 @@ pub fn generate(
 }
 
 /// A multi-turn conversation: each turn renders the whole conversation with the chat
-/// template and feeds only the tokens the session does not already hold.
+/// template and feeds only the text the session has not seen. Works with every attention
+/// policy, including rings that have long evicted the first turns: nothing is ever cut back.
 pub struct Chat {
     session: Session,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     system: Option<String>,
     messages: Vec<ChatMessage>,
-    /// The tokens the session's cache holds, in order, then its pending token (sampled, to be
-    /// fed first by the next step).
-    fed: Vec<u32>,
+    /// The conversation as text, exactly as far as the session has seen it (the pending
+    /// token, which the session feeds first on the next step, counts as seen).
+    context: String,
 }
 
 impl Chat {
@@ -153,7 +154,7 @@ impl Chat {
             template,
             system,
             messages,
-            fed: Vec::new(),
+            context: String::new(),
         }
     }
 
@@ -161,15 +162,15 @@ impl Chat {
         &self.session
     }
 
-    /// The tokens of the conversation so far: those the cache holds, then the pending one.
-    pub fn context_tokens(&self) -> &[u32] {
-        &self.fed
+    /// The conversation as the session has seen it.
+    pub fn context(&self) -> &str {
+        &self.context
     }
 
     /// Forgets the conversation (keeps the system message).
     pub fn reset(&mut self) {
         self.session.reset();
-        self.fed.clear();
+        self.context.clear();
         self.messages = self.system.iter().map(ChatMessage::system).collect();
     }
 
@@ -183,51 +184,55 @@ impl Chat {
     ) -> Result<Generation, Error> {
         self.messages.push(ChatMessage::user(user));
         let text = self.template.render(&self.messages, true)?;
-        let tokens = self.tokenizer.encode(&text)?;
-        // The cache holds the previous turns; when re-tokenising them gives other ids (BPE
-        // is not unique for generated text), drop the cache back to the common prefix.
-        let common = self
-            .fed
-            .iter()
-            .zip(&tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        if common < self.fed.len() {
-            self.session.truncate(common)?;
-            self.fed.truncate(common);
-        }
-        let result = generate(
+        // Chat templates only append: the new text follows what the session has seen. (A
+        // template that rewrites earlier turns gets the whole conversation fed afresh.)
+        let new_text = match text.strip_prefix(self.context.as_str()) {
+            Some(suffix) => suffix,
+            None => {
+                self.session.reset();
+                self.context.clear();
+                &text
+            }
+        };
+        let tokens = self.tokenizer.encode(new_text)?;
+        let held = self.held();
+        let generation = match generate(
             &mut self.session,
             &self.tokenizer,
-            &tokens[common..],
+            &tokens,
             options,
             cancel,
             on_text,
-        );
-        let generation = match result {
+        ) {
             Ok(generation) => generation,
             Err(e) => {
-                // Keep the conversation as it was. A step refused up front fed nothing; one
-                // that failed part-way through a long prompt fed some chunks (and the pending
-                // token): drop them again.
+                // Keep the conversation as it was. A step refused up front (a full dense
+                // cache, bad settings) fed nothing; one that failed part-way did, and the
+                // cache cannot always be cut back: start the next turn afresh then.
                 self.messages.pop();
-                let held = self.session.n_seen() + usize::from(self.session.pending().is_some());
-                if held != self.fed.len() {
-                    self.session.truncate(self.fed.len())?;
+                if self.held() != held {
+                    self.session.reset();
+                    self.context.clear();
                 }
                 return Err(e);
             }
         };
-        self.fed.extend_from_slice(&tokens[common..]);
-        // The session feeds its pending token (the last one sampled) before anything else,
-        // so every generated token counts as held: the reply, and the end-of-turn token
-        // that stopped it, which is also how the template closes the assistant's turn.
-        self.fed.extend_from_slice(&generation.tokens);
-        if generation.stop == StopReason::Eos {
-            self.fed.push(self.tokenizer.eos());
-        }
         let reply = self.tokenizer.decode(&generation.tokens)?;
+        self.context = text;
+        // The session feeds its pending token (the last one sampled) before anything else,
+        // so the whole reply counts as seen, and so does the end-of-turn token that stopped
+        // it, which is also how the template closes the assistant's turn.
+        self.context.push_str(&reply);
+        if generation.stop == StopReason::Eos {
+            self.context
+                .push_str(&self.tokenizer.decode(&[self.tokenizer.eos()])?);
+        }
         self.messages.push(ChatMessage::assistant(reply));
         Ok(generation)
+    }
+
+    /// Tokens the session has taken in, pending one included.
+    fn held(&self) -> usize {
+        self.session.n_seen() + usize::from(self.session.pending().is_some())
     }
 }

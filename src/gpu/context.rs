@@ -36,8 +36,9 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
-    /// Bytes of buffers created through [`Gpu::buffer`] and still alive (what `bench` reports).
-    allocated_bytes: Arc<AtomicU64>,
+    /// Bytes and number of buffers created through [`Gpu::buffer`] and still alive (what
+    /// `bench` reports).
+    allocated: Arc<Allocated>,
     /// Errors wgpu raised outside an error scope (e.g. during a submit), reported at readback.
     uncaptured: Arc<Mutex<Vec<String>>>,
 }
@@ -168,7 +169,7 @@ impl Gpu {
             limits,
             features,
             pipelines: Mutex::new(HashMap::new()),
-            allocated_bytes: Arc::new(AtomicU64::new(0)),
+            allocated: Arc::new(Allocated::default()),
             uncaptured,
         })
     }
@@ -185,7 +186,12 @@ impl Gpu {
 
     /// Bytes held by live buffers made with [`Gpu::buffer`].
     pub fn allocated_bytes(&self) -> u64 {
-        self.allocated_bytes.load(Ordering::Relaxed)
+        self.allocated.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Live buffers made with [`Gpu::buffer`].
+    pub fn n_buffers(&self) -> u64 {
+        self.allocated.count.load(Ordering::Relaxed)
     }
 
     /// Runs `create` inside validation and out-of-memory error scopes and turns what they
@@ -264,10 +270,11 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         })?;
-        self.allocated_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.allocated.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.allocated.count.fetch_add(1, Ordering::Relaxed);
         Ok(TrackedBuffer {
             buffer,
-            counter: self.allocated_bytes.clone(),
+            allocated: self.allocated.clone(),
         })
     }
 
@@ -362,10 +369,16 @@ impl Gpu {
     }
 }
 
-/// A buffer whose size counts towards [`Gpu::allocated_bytes`] while it lives.
+#[derive(Default)]
+struct Allocated {
+    bytes: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A buffer that counts towards [`Gpu::allocated_bytes`] and [`Gpu::n_buffers`] while it lives.
 pub struct TrackedBuffer {
     buffer: wgpu::Buffer,
-    counter: Arc<AtomicU64>,
+    allocated: Arc<Allocated>,
 }
 
 impl std::ops::Deref for TrackedBuffer {
@@ -377,7 +390,9 @@ impl std::ops::Deref for TrackedBuffer {
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
-        self.counter
+        self.allocated
+            .bytes
             .fetch_sub(self.buffer.size(), Ordering::Relaxed);
+        self.allocated.count.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -2,8 +2,11 @@
 //! Slow and readable on purpose; it is the oracle for the GPU pass, layer by layer.
 //!
 //! It follows model.md §5 directly and shares no code with the kernels except the quant
-//! decoders: keys are cached already rotated, RoPE angles are computed per use in f64, and
-//! attention is a textbook softmax over every earlier token.
+//! decoders: RoPE angles are computed per use in f64, and attention is a textbook softmax.
+//! For the sink-window policies it is the "re-pack" oracle of the spec (§10.3): for each query
+//! it literally rebuilds the list `[sinks ; last window]` of visible tokens, gives them
+//! positions `0..n` in that order and runs dense attention over it. So keys are cached raw and
+//! rotated for each query; dense attention is the list of every earlier token.
 
 use super::config::{tensor, LlamaConfig};
 use super::gguf::Gguf;
@@ -32,14 +35,34 @@ pub struct CpuModel {
     output: Option<Vec<f32>>,
 }
 
-/// Keys (rotated) and values of every token seen, per layer: `[n_tokens][kv_dim]` flattened.
+/// Raw keys and values of every token seen, per layer: `[n_tokens][kv_dim]` flattened, and
+/// which of them attention sees.
 #[derive(Default)]
 pub struct CpuKvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// `(n_sink, window)`; `None` is dense.
+    sink_window: Option<(usize, usize)>,
 }
 
 impl CpuKvCache {
+    /// A cache whose queries see the first `n_sink` tokens and the last `window` (themselves
+    /// included), at positions packed inside that list.
+    pub fn sink_window(n_sink: usize, window: usize) -> CpuKvCache {
+        CpuKvCache {
+            sink_window: Some((n_sink, window)),
+            ..CpuKvCache::default()
+        }
+    }
+
+    /// Text indices visible to query `t`, in order: their list index is their position.
+    fn visible(&self, t: usize) -> Vec<usize> {
+        match self.sink_window {
+            Some((n_sink, window)) => (0..=t).filter(|&u| u < n_sink || u + window > t).collect(),
+            None => (0..=t).collect(),
+        }
+    }
+
     pub fn n_tokens(&self, kv_dim: usize) -> usize {
         self.k.first().map_or(0, |k| k.len() / kv_dim)
     }
@@ -117,30 +140,33 @@ impl CpuModel {
                 let pos = first_pos + t;
                 let h = rms_norm(&x[t * dim..][..dim], &layer.attn_norm, c.rms_eps);
                 let mut q = matvec(&layer.wq, &h);
-                let mut k = matvec(&layer.wk, &h);
+                let k = matvec(&layer.wk, &h);
                 let v = matvec(&layer.wv, &h);
-                for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                    rope(head, pos, c.rope_base);
-                }
                 cache.k[l].extend_from_slice(&k);
                 cache.v[l].extend_from_slice(&v);
-                // Causal: token `pos` sees cached tokens 0..=pos.
-                let keys = &cache.k[l][..(pos + 1) * kv_dim];
-                let values = &cache.v[l][..(pos + 1) * kv_dim];
+                // Causal: token `pos` sees (some of) tokens 0..=pos, itself last.
+                let visible = cache.visible(pos);
+                let q_pos = visible.len() - 1;
+                for head in q.chunks_exact_mut(hd) {
+                    rope(head, q_pos, c.rope_base);
+                }
                 let mut att = vec![0.0; c.q_dim()];
                 for head in 0..c.n_heads {
                     let kv_head = head / group;
                     let q_h = &q[head * hd..][..hd];
-                    let scores: Vec<f32> = (0..=pos)
-                        .map(|u| {
-                            let k_u = &keys[u * kv_dim + kv_head * hd..][..hd];
-                            dot(q_h, k_u) / (hd as f32).sqrt()
+                    let scores: Vec<f32> = visible
+                        .iter()
+                        .enumerate()
+                        .map(|(k_pos, &u)| {
+                            let mut k_u = cache.k[l][u * kv_dim + kv_head * hd..][..hd].to_vec();
+                            rope(&mut k_u, k_pos, c.rope_base);
+                            dot(q_h, &k_u) / (hd as f32).sqrt()
                         })
                         .collect();
                     let weights = softmax(&scores);
                     let out = &mut att[head * hd..][..hd];
-                    for (u, w) in weights.iter().enumerate() {
-                        let v_u = &values[u * kv_dim + kv_head * hd..][..hd];
+                    for (&u, w) in visible.iter().zip(&weights) {
+                        let v_u = &cache.v[l][u * kv_dim + kv_head * hd..][..hd];
                         for (o, v) in out.iter_mut().zip(v_u) {
                             *o += w * v;
                         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::weights::{GpuModel, Weight};
 use super::ModelError;
-use crate::attention::{AttentionPolicy, KvSlots};
+use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
 use crate::kernels::attention::{self, rope_table, Attention};
 use crate::kernels::embed::{self, Embed};
@@ -29,9 +29,8 @@ pub const MAX_PENALTY_LAST_N: u32 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
+    /// How the KV cache is managed; its size follows from it and is fixed for the session.
     pub policy: AttentionPolicy,
-    /// KV cache slots, fixed for the session.
-    pub capacity: usize,
     /// Most tokens one prefill submission processes; longer prompts go in several chunks.
     pub max_chunk: usize,
 }
@@ -39,8 +38,7 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
-            policy: AttentionPolicy::Dense,
-            capacity: 2048,
+            policy: AttentionPolicy::default(),
             // Large enough for the tiled matmul to reuse weights well, small enough that the
             // activation buffers stay a few MiB.
             max_chunk: 64,
@@ -64,11 +62,11 @@ struct Buffers {
     work: TrackedBuffer,   // sampler scratch
     history: TrackedBuffer, // [MAX_PENALTY_LAST_N] u32 ring
     slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token
-    slot_token: TrackedBuffer, // [capacity] u32: token held by each slot
-    rope: TrackedBuffer,   // [capacity, head_dim / 2, 2] cos, sin
+    slot_token: TrackedBuffer, // [n_slots] u32: token held by each slot
+    rope: TrackedBuffer,   // [policy span, head_dim / 2, 2] cos, sin
     readback: TrackedBuffer, // [1] u32, MAP_READ
-    k_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
-    v_cache: Vec<TrackedBuffer>, // per layer [capacity, n_kv_heads, head_dim]
+    k_cache: Vec<TrackedBuffer>, // per layer [n_slots, n_kv_heads, head_dim]
+    v_cache: Vec<TrackedBuffer>, // per layer [n_slots, n_kv_heads, head_dim]
 }
 
 /// One arena slot per kind of op: all layers share their params.
@@ -138,6 +136,8 @@ pub struct Session {
     pending: Option<u32>,
     /// The newest tokens of the context (fed or pending), for the repetition penalty.
     recent: VecDeque<u32>,
+    /// The recompute policy's window: the tokens re-encoded for the next token.
+    recompute_window: VecDeque<u32>,
     /// Host mirror of the GPU history ring and its contents.
     ring: HistoryRing,
     ring_tokens: Vec<u32>,
@@ -156,13 +156,6 @@ impl Session {
         let options = options.clone();
         let gpu = model.gpu().clone();
         let c = &model.config;
-        // The KV cache is the one buffer that grows with the options: check it before
-        // computing or allocating anything.
-        let cache_bytes = (options.capacity as u64)
-            .saturating_mul(c.kv_dim() as u64)
-            .saturating_mul(4);
-        gpu.check_buffer_size("k_cache", cache_bytes, wgpu::BufferUsages::STORAGE)?;
-        let slots = KvSlots::new(options.policy, options.capacity)?;
         if options.max_chunk == 0 {
             return Err(ModelError::InvalidConfig {
                 what: "session".into(),
@@ -170,7 +163,16 @@ impl Session {
             }
             .into());
         }
-        let (chunk, cap) = (options.max_chunk, options.capacity);
+        options.policy.validate(c.context_len)?;
+        // The KV cache is the one buffer that grows with the options: check it before
+        // computing or allocating anything.
+        let n_slots = options.policy.n_slots(options.max_chunk);
+        let cache_bytes = (n_slots as u64)
+            .saturating_mul(c.kv_dim() as u64)
+            .saturating_mul(4);
+        gpu.check_buffer_size("k_cache", cache_bytes, wgpu::BufferUsages::STORAGE)?;
+        let slots = KvSlots::new(options.policy, options.max_chunk)?;
+        let (chunk, cap, span) = (options.max_chunk, n_slots, options.policy.span());
         let storage = |what: &str, bytes: u64| gpu.storage(what, bytes);
         // Inputs of matmuls: the decode (vec) kernel reads them as a uniform buffer.
         let matmul_input = |what: &str, bytes: u64| {
@@ -191,7 +193,7 @@ impl Session {
                 })
                 .collect()
         };
-        let rope = rope_table(f64::from(c.rope_base), c.head_dim, cap);
+        let rope = rope_table(f64::from(c.rope_base), c.head_dim, span);
         let buffers = Buffers {
             tokens: storage("tokens", bytes_f32(chunk))?,
             x: storage("x", bytes_f32(chunk * c.dim))?,
@@ -269,13 +271,15 @@ impl Session {
         };
         let p = &params;
         // The largest shape any step binds: checked once here against the buffers.
+        // (Rows past the span only ever meet positions clamped inside it.)
         let attention_bound = attention::Params {
-            n_rows: chunk32,
+            n_rows: chunk.min(span) as u32,
             n_heads: c.n_heads as u32,
             n_kv_heads: c.n_kv_heads as u32,
             head_dim: c.head_dim as u32,
             n_slots: cap as u32,
-            first_token: cap.saturating_sub(chunk) as u32,
+            // The largest positions a step can reach: the last rows of the span.
+            first_token: span.saturating_sub(chunk) as u32,
             n_sink: slots.kernel_window().0,
             window: slots.kernel_window().1,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
@@ -391,6 +395,7 @@ impl Session {
             sample,
             pending: None,
             recent: VecDeque::new(),
+            recompute_window: VecDeque::new(),
             ring: HistoryRing::new(0),
             ring_tokens: Vec::new(),
             ring_dirty: false,
@@ -426,19 +431,34 @@ impl Session {
         1 + self.layers.len() * 11 + 3
     }
 
+    /// Cache slots holding a token (at most [`Session::capacity`], whatever the text length).
+    pub fn n_filled(&self) -> usize {
+        self.slots.n_filled()
+    }
+
     /// Forgets the conversation; buffers stay allocated.
     pub fn reset(&mut self) {
         self.slots.reset();
         self.pending = None;
         self.recent.clear();
+        self.recompute_window.clear();
         self.ring_dirty = true;
         self.ring = HistoryRing::new(0);
         self.sample_step = 0;
         self.write_slot_table(0, self.slots.capacity());
     }
 
-    /// Keeps only the first `n_tokens` tokens of the context (see `KvSlots::truncate`).
+    /// Keeps only the first `n_tokens` tokens of the context. Only while the cache still holds
+    /// all of them: always for dense, for a ring only before it evicted any.
     pub fn truncate(&mut self, n_tokens: usize) -> Result<()> {
+        let recompute = matches!(self.options.policy, AttentionPolicy::Recompute { .. });
+        if recompute || !self.slots.can_truncate(n_tokens) {
+            return Err(PolicyError::CannotTruncate {
+                policy: self.options.policy.name(),
+                n_tokens,
+            }
+            .into());
+        }
         self.slots.truncate(n_tokens);
         self.pending = None;
         self.write_slot_table(0, self.slots.capacity());
@@ -451,22 +471,32 @@ impl Session {
 
     /// Feeds `tokens` and leaves the logits of the last one on the GPU (see [`Session::logits`]).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput.into());
+        }
         self.prefill(tokens, Head::Logits)?;
         Ok(())
     }
 
     /// Feeds `tokens` and samples the next token.
     pub fn feed_and_sample(&mut self, tokens: &[u32], sampling: &SamplingParams) -> Result<u32> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput.into());
+        }
         let token = self.prefill(tokens, Head::Sample(sampling))?;
         Ok(token.expect("a sampling step returns a token"))
     }
 
-    /// Feeds the pending sampled token and samples the next one: one submission.
+    /// Feeds the pending sampled token and samples the next one: one submission (the
+    /// recompute policy re-encodes its whole window instead).
     pub fn decode(&mut self, sampling: &SamplingParams) -> Result<u32> {
         if self.pending.is_none() {
             return Err(ModelError::NothingToDecode.into());
         }
-        let token = self.step(None, 1, Head::Sample(sampling))?;
+        let token = match self.options.policy {
+            AttentionPolicy::Recompute { .. } => self.prefill(&[], Head::Sample(sampling))?,
+            _ => self.step(None, 1, Head::Sample(sampling))?,
+        };
         Ok(token.expect("a sampling step returns a token"))
     }
 
@@ -514,10 +544,8 @@ impl Session {
         Ok(x)
     }
 
+    /// Feeds the pending token, if any, then `tokens`, in chunks of at most `max_chunk`.
     fn prefill(&mut self, tokens: &[u32], head: Head) -> Result<Option<u32>> {
-        if tokens.is_empty() {
-            return Err(ModelError::EmptyInput.into());
-        }
         let vocab = self.model.config.vocab_size;
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange {
@@ -528,8 +556,25 @@ impl Session {
         }
         // A pending token goes in first: it precedes the new tokens in the text.
         let pending: Vec<u32> = self.pending.iter().copied().collect();
-        let all: Vec<u32> = pending.iter().chain(tokens).copied().collect();
+        let mut all: Vec<u32> = pending.iter().chain(tokens).copied().collect();
+        if let AttentionPolicy::Recompute { window } = self.options.policy {
+            // A fresh pass over the last `window` tokens, at positions 0.. (never errs for
+            // room: the window is the cache's size).
+            self.recompute_window.extend(&all);
+            let excess = self.recompute_window.len().saturating_sub(window);
+            self.recompute_window.drain(..excess);
+            all = self.recompute_window.iter().copied().collect();
+            self.slots.reset();
+            self.write_slot_table(0, self.slots.capacity());
+        }
         self.slots.check_room(all.len())?;
+        if let Head::Sample(sampling) = head {
+            // Checked before anything is fed, so a refused step changes nothing.
+            self.check_sampling(sampling)?;
+        }
+        for &token in tokens {
+            self.remember(token);
+        }
         let chunks: Vec<&[u32]> = all.chunks(self.options.max_chunk).collect();
         let mut token = None;
         for (i, chunk) in chunks.iter().enumerate() {
@@ -563,14 +608,7 @@ impl Session {
         let gpu: &Gpu = model.gpu();
         let c = &model.config;
         if let Head::Sample(sampling) = head {
-            sampling.validate()?;
-            if sampling.penalty_last_n > MAX_PENALTY_LAST_N {
-                return Err(ModelError::PenaltyWindow {
-                    value: sampling.penalty_last_n,
-                    max: MAX_PENALTY_LAST_N,
-                }
-                .into());
-            }
+            self.check_sampling(sampling)?;
         }
         let placement = self.slots.place(n_rows)?;
         let queue = &gpu.queue;
@@ -585,14 +623,6 @@ impl Session {
         let lo = *placement.slots.iter().min().expect("at least one row") as usize;
         let hi = *placement.slots.iter().max().expect("at least one row") as usize;
         self.write_slot_table(lo, hi + 1);
-        let fed: Vec<u32> = match tokens {
-            Some(tokens) => tokens.to_vec(),
-            // The pending token is already in `recent`: it was pushed when sampled.
-            None => Vec::new(),
-        };
-        for token in fed {
-            self.remember(token);
-        }
         self.pending = None;
 
         let rows = n_rows as u32;
@@ -738,6 +768,18 @@ impl Session {
         self.sample_step = self.sample_step.wrapping_add(1);
         self.pending = Some(token);
         Ok(Some(token))
+    }
+
+    fn check_sampling(&self, sampling: &SamplingParams) -> Result<()> {
+        sampling.validate()?;
+        if sampling.penalty_last_n > MAX_PENALTY_LAST_N {
+            return Err(ModelError::PenaltyWindow {
+                value: sampling.penalty_last_n,
+                max: MAX_PENALTY_LAST_N,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Appends `token` to the host's record of recent tokens and to the host ring.
