@@ -199,6 +199,53 @@ fn caches_smaller_than_a_chunk() {
     let mut dense = session(&model, AttentionPolicy::Dense { capacity: 5 }, 16);
     dense.feed(&tokens).unwrap();
     let want = cpu.forward(&tokens, &mut CpuKvCache::default()).unwrap();
-    assert_close("dense of 5 slots", &dense.logits().unwrap(), &want[4 * tiny.vocab_size..]);
+    assert_close(
+        "dense of 5 slots",
+        &dense.logits().unwrap(),
+        &want[4 * tiny.vocab_size..],
+    );
     check_ring(AttentionPolicy::Window { window: 2 }, 16, &[16], 40);
+}
+
+#[test]
+fn feed_logits_scores_every_token_like_token_by_token() {
+    let (gguf, tiny) = tiny();
+    let cpu = CpuModel::from_gguf(&gguf).unwrap();
+    let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    let vocab = tiny.vocab_size;
+    let tokens = text(37, vocab);
+    for (policy, mut oracle) in [
+        (
+            AttentionPolicy::Dense { capacity: 64 },
+            CpuKvCache::default(),
+        ),
+        (
+            AttentionPolicy::Sink {
+                n_sink: 2,
+                window: 6,
+            },
+            CpuKvCache::sink_window(2, 6),
+        ),
+    ] {
+        let mut s = session(&model, policy, 5);
+        let got = s.feed_logits(&tokens).unwrap();
+        let want = cpu.forward(&tokens, &mut oracle).unwrap();
+        for row in 0..tokens.len() {
+            let r = row * vocab..(row + 1) * vocab;
+            assert_close(&format!("{policy:?} row {row}"), &got[r.clone()], &want[r]);
+        }
+    }
+    // Recompute: each token scored by a fresh pass over its last 6 tokens.
+    let mut s = session(&model, AttentionPolicy::Recompute { window: 6 }, 5);
+    let got = s.feed_logits(&tokens[..12]).unwrap();
+    for row in 0..12usize {
+        let window = &tokens[row.saturating_sub(5)..=row];
+        let want = cpu.forward(window, &mut CpuKvCache::default()).unwrap();
+        let last = &want[(window.len() - 1) * vocab..];
+        assert_close(
+            &format!("recompute row {row}"),
+            &got[row * vocab..(row + 1) * vocab],
+            last,
+        );
+    }
 }

@@ -57,8 +57,8 @@ struct Buffers {
     att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
     gate_up: TrackedBuffer, // [max_chunk, 2 * hidden_dim]
     act: TrackedBuffer,    // [max_chunk, hidden_dim]
-    h_last: TrackedBuffer, // [1, dim] normed last row
-    logits: TrackedBuffer, // [vocab_size]
+    h_last: TrackedBuffer, // [max_chunk, dim] normed rows the LM head reads
+    logits: TrackedBuffer, // [max_chunk, vocab_size]
     work: TrackedBuffer,   // sampler scratch
     history: TrackedBuffer, // [MAX_PENALTY_LAST_N] u32 ring
     slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token
@@ -114,6 +114,8 @@ enum Head<'a> {
     None,
     /// Nothing, and only the first this many layers run (layer-by-layer diffs).
     Layers(usize),
+    /// Logits of every token of the chunk, `[n_rows, vocab_size]` in the logits buffer.
+    AllLogits,
     /// Logits of the last token, left in the logits buffer.
     Logits,
     /// Logits, then a sampled token read back.
@@ -204,8 +206,8 @@ impl Session {
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
             gate_up: storage("gate_up", bytes_f32(chunk * 2 * c.hidden_dim))?,
             act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
-            h_last: matmul_input("h_last", bytes_f32(c.dim))?,
-            logits: storage("logits", bytes_f32(c.vocab_size))?,
+            h_last: matmul_input("h_last", bytes_f32(chunk * c.dim))?,
+            logits: storage("logits", bytes_f32(chunk * c.vocab_size))?,
             work: storage("sample work", sample::work_bytes(c.vocab_size as u32))?,
             history: storage("history", bytes_f32(MAX_PENALTY_LAST_N as usize))?,
             slots: storage("slots", bytes_f32(chunk))?,
@@ -371,9 +373,9 @@ impl Session {
             &b.x,
             &model.output_norm,
             &b.h_last,
-            1,
+            chunk32,
         )?;
-        let head = matmul(p.head, model.head(), &b.h_last, &b.logits, 1, false)?;
+        let head = matmul(p.head, model.head(), &b.h_last, &b.logits, chunk32, false)?;
         let sample = Sample::new(&gpu)?.dispatch(
             &gpu,
             arena.binding(p.sample),
@@ -500,6 +502,34 @@ impl Session {
         Ok(token.expect("a sampling step returns a token"))
     }
 
+    /// Feeds `tokens` and returns the logits after each of them, `[tokens.len(), vocab_size]`:
+    /// what perplexity needs. A pending token is fed first (its logits are not returned).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn feed_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput.into());
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        if let AttentionPolicy::Recompute { .. } = self.options.policy {
+            // Every token has its own fresh pass over its window.
+            for &token in tokens {
+                self.prefill(&[token], Head::Logits)?;
+                out.extend(self.logits()?);
+            }
+            return Ok(out);
+        }
+        if self.pending.is_some() {
+            self.prefill(&[], Head::None)?;
+        }
+        for chunk in tokens.chunks(self.options.max_chunk) {
+            self.prefill(chunk, Head::AllLogits)?;
+            let gpu = self.model.gpu();
+            out.extend(gpu.read_f32(&self.buffers.logits, chunk.len() * vocab)?);
+        }
+        Ok(out)
+    }
+
     /// Logits of the last token processed, `[vocab_size]`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn logits(&self) -> Result<Vec<f32>> {
@@ -580,6 +610,7 @@ impl Session {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let head = match (&head, last) {
+                (Head::AllLogits, _) => Head::AllLogits,
                 (_, false) => Head::None,
                 (Head::None, true) => Head::None,
                 (Head::Layers(n), true) => Head::Layers(*n),
@@ -637,11 +668,17 @@ impl Session {
             first_row: 0,
         };
         arena.set(p.norm, &norm)?;
+        // The LM head reads the last row only, or every row for `AllLogits`.
+        let head_rows = if matches!(head, Head::AllLogits) {
+            rows
+        } else {
+            1
+        };
         arena.set(
             p.final_norm,
             &rms_norm::Params {
-                n_rows: 1,
-                first_row: rows - 1,
+                n_rows: head_rows,
+                first_row: rows - head_rows,
                 ..norm
             },
         )?;
@@ -657,7 +694,10 @@ impl Session {
             arena.set(slot, &matmul::Params::new(rows, w.n_in, w.n_out))?;
         }
         let head_w = model.head();
-        arena.set(p.head, &matmul::Params::new(1, head_w.n_in, head_w.n_out))?;
+        arena.set(
+            p.head,
+            &matmul::Params::new(head_rows, head_w.n_in, head_w.n_out),
+        )?;
         arena.set(
             p.kv_write,
             &kv_write::Params {
@@ -744,10 +784,10 @@ impl Session {
                     .record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
                 mm(&mut pass, &layer.down, rows)?;
             }
-            if matches!(head, Head::Logits | Head::Sample(_)) {
+            if matches!(head, Head::Logits | Head::Sample(_) | Head::AllLogits) {
                 self.final_norm
-                    .record_grid(&mut pass, RmsNorm::grid(gpu, 1)?);
-                mm(&mut pass, &self.head, 1)?;
+                    .record_grid(&mut pass, RmsNorm::grid(gpu, head_rows)?);
+                mm(&mut pass, &self.head, head_rows)?;
             }
             if matches!(head, Head::Sample(_)) {
                 self.sample.record(&mut pass);
