@@ -19,6 +19,7 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ! command -v vulkaninf
   $sudo apt-get install -y -q -t bookworm-backports mesa-vulkan-drivers
   $sudo apt-get install -y -q vulkan-tools
 fi
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { $sudo apt-get update -q && $sudo apt-get install -y -q fonts-dejavu-core; }  # the font of sinkstar's plots
 
 # Targets for `cargo check` of the Metal, DX12 and browser builds (test.sh).
 installed=$(rustup target list --installed)

@@ -1,0 +1,343 @@
+//! `sinkstar bench`: prefill and decode speed and the GPU memory held, on a dense session
+//! sized to the prompt; with `--history`, also decode speed and memory after long histories
+//! under the policy of `--attention` (issue 4 part 6: with `sink` neither may grow with the
+//! history; `dense` stops at its context).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use sinkstar::attention::{AttentionPolicy, PolicyError};
+use sinkstar::generate::SamplingParams;
+use sinkstar::model::{sinkstar_home, Session, SessionOptions};
+use sinkstar::tokenizer::Tokenizer;
+
+use crate::cli::{describe_policy, load, Cli, Loaded, PolicyArgs, Progress};
+use crate::ppl::tokenize;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Prompt lengths to time prefill at
+    #[arg(long, value_delimiter = ',', default_values_t = vec![128usize, 512])]
+    prompt_tokens: Vec<usize>,
+    /// Tokens to decode after a short prompt
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Timed repetitions of each measurement (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Write the results as JSON to this file too
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also time decoding after this many tokens of history, e.g. 1000,16000,100000, with the
+    /// policy of --attention (one session brought from one length to the next by prefill)
+    #[arg(long, value_delimiter = ',')]
+    history: Vec<usize>,
+    /// Decode steps timed at each --history length
+    #[arg(long, default_value_t = 32)]
+    history_decode: usize,
+    /// Text fed as history, repeated if too short [default: $SINKSTAR_HOME/texts/emma.txt
+    /// (scripts/fetch-text.sh) when present, else the bench sentence repeated]
+    #[arg(long)]
+    history_text: Option<PathBuf>,
+    /// Only the --history measurements, not the prefill and short-decode ones
+    #[arg(long, requires = "history")]
+    history_only: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+const BENCH_SENTENCE: &str =
+    "The quick brown fox jumps over the lazy dog while the river keeps running to the sea. ";
+
+/// Deterministic prompt tokens that look like text to the model: a sentence repeated.
+fn bench_prompt(tokenizer: &Tokenizer, n_tokens: usize) -> anyhow::Result<Vec<u32>> {
+    let sentence = tokenizer.encode(BENCH_SENTENCE)?;
+    Ok(sentence.iter().copied().cycle().take(n_tokens).collect())
+}
+
+pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
+    let loaded = load(cli)?;
+    let gpu = loaded.model.gpu().clone();
+    println!(
+        "device: {} ({:?}, {:?})",
+        gpu.info.name, gpu.info.backend, gpu.info.device_type
+    );
+    let mut result = serde_json::json!({
+        "device": gpu.info.name,
+        "backend": format!("{:?}", gpu.info.backend),
+    });
+    if !args.history_only {
+        let basic = bench_basic(&loaded, args)?;
+        for (key, value) in basic {
+            result[key] = value;
+        }
+    }
+    if !args.history.is_empty() {
+        result["history"] = bench_history(&loaded, args)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{result:#}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Prefill at each prompt length and decode after a short prompt, on a dense session just
+/// large enough; the JSON fields they fill.
+fn bench_basic(
+    loaded: &Loaded,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+    let gpu = loaded.model.gpu();
+    let (decode_tokens, repeat) = (args.decode_tokens, args.repeat.max(1));
+    let capacity = args
+        .prompt_tokens
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(16)
+        + decode_tokens
+        + 1;
+    let mut session = Session::new(
+        loaded.model.clone(),
+        &SessionOptions {
+            policy: AttentionPolicy::Dense { capacity },
+            ..SessionOptions::default()
+        },
+    )?;
+    let greedy = SamplingParams::greedy();
+    // The first run of each pipeline pays for shader compilation: warm everything up.
+    session.reset();
+    session.feed_and_sample(&bench_prompt(&loaded.tokenizer, 8)?, &greedy)?;
+    session.decode(&greedy)?;
+    let mut prefill = Vec::new();
+    for &n in &args.prompt_tokens {
+        let prompt = bench_prompt(&loaded.tokenizer, n)?;
+        let mut rates = Vec::new();
+        for _ in 0..repeat {
+            session.reset();
+            let start = Instant::now();
+            session.feed_and_sample(&prompt, &greedy)?;
+            rates.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        let rate = median(rates);
+        println!("prefill {n:5} tokens: {rate:8.1} tok/s");
+        prefill.push((n, rate));
+    }
+    let prompt = bench_prompt(&loaded.tokenizer, 16)?;
+    let mut rates = Vec::new();
+    for _ in 0..repeat {
+        session.reset();
+        session.feed_and_sample(&prompt, &greedy)?;
+        let start = Instant::now();
+        for _ in 0..decode_tokens {
+            session.decode(&greedy)?;
+        }
+        rates.push(decode_tokens as f64 / start.elapsed().as_secs_f64());
+    }
+    let decode_rate = median(rates);
+    let dispatches = session.decode_dispatches();
+    println!(
+        "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, 1 submission per token)"
+    );
+    let memory = gpu.allocated_bytes();
+    println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
+    Ok(vec![
+        (
+            "prefill",
+            prefill
+                .iter()
+                .map(|(n, rate)| serde_json::json!({"tokens": n, "tok_per_s": rate}))
+                .collect(),
+        ),
+        ("decode_tokens", decode_tokens.into()),
+        ("decode_tok_per_s", decode_rate.into()),
+        ("decode_dispatches", dispatches.into()),
+        ("gpu_memory_bytes", memory.into()),
+    ])
+}
+
+/// The history text's tokens (at least one), and what it is in words.
+fn history_tokens(
+    loaded: &Loaded,
+    args: &BenchArgs,
+    need: usize,
+) -> anyhow::Result<(Vec<u32>, String)> {
+    let default = sinkstar_home().join("texts").join("emma.txt");
+    let path = match &args.history_text {
+        Some(path) => Some(path.clone()),
+        None => default.exists().then_some(default),
+    };
+    let (tokens, what) = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let tokens = tokenize(&loaded.tokenizer, &text, Some(need))?;
+            (tokens, path.display().to_string())
+        }
+        None => (
+            loaded.tokenizer.encode(BENCH_SENTENCE)?,
+            "the bench sentence, repeated".to_string(),
+        ),
+    };
+    if tokens.is_empty() {
+        anyhow::bail!("the history text ({what}) has no tokens");
+    }
+    Ok((tokens, what))
+}
+
+/// Brings one session of the chosen policy to each history length in turn and times
+/// `history_decode` greedy decode steps there; prints a line per length and returns the JSON
+/// `history` object.
+fn bench_history(loaded: &Loaded, args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let model = loaded.model.clone();
+    let gpu = model.gpu().clone();
+    let policy = args.policy.policy(&model.config);
+    let n_decode = args.history_decode.max(1);
+    let mut lengths = args.history.clone();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let longest = lengths.last().copied().unwrap_or(0);
+    let (text, text_what) = history_tokens(loaded, args, longest)?;
+    let mut text = text.iter().copied().cycle();
+
+    let before = gpu.allocated_bytes();
+    let mut session = Session::new(
+        model.clone(),
+        &SessionOptions {
+            policy,
+            ..SessionOptions::default()
+        },
+    )?;
+    let session_bytes = gpu.allocated_bytes().saturating_sub(before);
+    let chunk = SessionOptions::default().max_chunk;
+    let greedy = SamplingParams::greedy();
+    println!(
+        "history: {}, {} cache slots ({:.1} MiB of session buffers), fed {text_what}, \
+         {n_decode} decode steps timed at each length",
+        describe_policy(policy),
+        session.capacity(),
+        session_bytes as f64 / 1048576.0
+    );
+    // Tokens one measurement adds: the sampled token and the untimed and timed decode steps.
+    let dense_capacity = match policy {
+        AttentionPolicy::Dense { capacity } => Some(capacity),
+        _ => None,
+    };
+    let mut points = Vec::new();
+    for &h in &lengths {
+        let full = serde_json::json!({
+            "history": h,
+            "status": "n/a (context full)",
+            "decode_tok_per_s": null,
+            "ms_per_token": null,
+            "gpu_memory_bytes": null,
+        });
+        let have = session.n_seen() + usize::from(session.pending().is_some());
+        if dense_capacity.is_some_and(|capacity| h.max(have) + 1 + n_decode > capacity) {
+            println!(
+                "history {h:6} tokens: n/a (context full: the dense cache holds {} tokens)",
+                dense_capacity.unwrap_or(0)
+            );
+            points.push(full);
+            continue;
+        }
+        match measure_at(&mut session, &mut text, h, n_decode, chunk, &greedy) {
+            Ok((tokens_seen, rate)) => {
+                let memory = gpu.allocated_bytes();
+                println!(
+                    "history {h:6} tokens: decode {rate:8.1} tok/s ({:7.2} ms/token), \
+                     gpu memory held {:.1} MiB ({} buffers)",
+                    1000.0 / rate,
+                    memory as f64 / 1048576.0,
+                    gpu.n_buffers()
+                );
+                points.push(serde_json::json!({
+                    "history": h,
+                    "tokens_seen": tokens_seen,
+                    "status": "ok",
+                    "decode_tok_per_s": rate,
+                    "ms_per_token": 1000.0 / rate,
+                    "gpu_memory_bytes": memory,
+                    "gpu_buffers": gpu.n_buffers(),
+                }));
+            }
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<sinkstar::Error>(),
+                    Some(sinkstar::Error::Policy(PolicyError::ContextFull { .. }))
+                ) =>
+            {
+                println!("history {h:6} tokens: n/a ({e})");
+                points.push(full);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (n_sink, window) = match policy {
+        AttentionPolicy::Sink { n_sink, window } => (Some(n_sink), Some(window)),
+        AttentionPolicy::Window { window } | AttentionPolicy::Recompute { window } => {
+            (None, Some(window))
+        }
+        AttentionPolicy::Dense { .. } => (None, None),
+    };
+    Ok(serde_json::json!({
+        "policy": policy.name(),
+        "n_sink": n_sink,
+        "window": window,
+        "context": dense_capacity,
+        "cache_slots": session.capacity(),
+        "session_bytes": session_bytes,
+        "decode_steps": n_decode,
+        "text": text_what,
+        "points": points,
+    }))
+}
+
+/// Feeds `text` until `h` tokens are in (or as many as already are), samples, decodes once
+/// untimed and then `n_decode` times timed. Returns the tokens seen when the timing started
+/// and the decode rate.
+fn measure_at(
+    session: &mut Session,
+    text: &mut impl Iterator<Item = u32>,
+    h: usize,
+    n_decode: usize,
+    chunk: usize,
+    greedy: &SamplingParams,
+) -> anyhow::Result<(usize, f64)> {
+    // A pending sampled token is fed first by the next call: it counts as history.
+    let have = |s: &Session| s.n_seen() + usize::from(s.pending().is_some());
+    let start_have = have(session);
+    if start_have < h {
+        let mut progress = Progress::new(h - start_have, &format!("history {h}"));
+        while have(session) + 1 < h {
+            let n = (h - 1 - have(session)).min(chunk);
+            let tokens: Vec<u32> = text.by_ref().take(n).collect();
+            session.feed(&tokens)?;
+            progress.update(have(session) - start_have, "");
+        }
+        // The last token is fed with sampling, so that decoding can start.
+        let last: Vec<u32> = text.by_ref().take(1).collect();
+        session.feed_and_sample(&last, greedy)?;
+        progress.finish();
+    } else if session.pending().is_none() {
+        let first: Vec<u32> = text.by_ref().take(1).collect();
+        session.feed_and_sample(&first, greedy)?;
+    }
+    // The first step after a prefill may pay for a first use; it is not timed.
+    session.decode(greedy)?;
+    let tokens_seen = session.n_seen();
+    let start = Instant::now();
+    for _ in 0..n_decode {
+        session.decode(greedy)?;
+    }
+    Ok((tokens_seen, n_decode as f64 / start.elapsed().as_secs_f64()))
+}

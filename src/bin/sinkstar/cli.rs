@@ -1,0 +1,529 @@
+//! Argument parsing, model loading shared by every command, and the chat, generate and info
+//! commands.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sinkstar::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
+use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
+use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
+use sinkstar::model::gguf::Gguf;
+use sinkstar::model::{default_model_path, GpuModel, LlamaConfig, Session, SessionOptions};
+use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
+use sinkstar::tokenizer::Tokenizer;
+
+use crate::{bench, plot, ppl};
+
+#[derive(Parser)]
+#[command(version, about = "LLM runtime on WGSL compute shaders")]
+pub struct Cli {
+    /// GGUF model file [default: $SINKSTAR_HOME/SmolLM2-135M-Instruct.Q4_1.gguf,
+    /// SINKSTAR_HOME defaulting to ~/.cache/sinkstar]
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Graphics backend: vulkan, metal, dx12, gl or all [default: $WGPU_BACKEND, else all]
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+    /// Adapter index as listed by `sinkstar info` [default: the best one]
+    #[arg(long, global = true)]
+    pub adapter: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive chat through the model's chat template (/reset, /quit; Ctrl-C ends a reply)
+    Chat {
+        /// System message [default: the chat template's own]
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Continues a prompt (raw text unless --chat) and prints only the generated text
+    Generate {
+        /// Prompt text; read from standard input when absent
+        #[arg(short, long)]
+        prompt: Option<String>,
+        /// Wrap the prompt as a user turn of the chat template
+        #[arg(long)]
+        chat: bool,
+        /// System message for --chat [default: the template's own]
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Adapters, chosen backend, device limits and the model summary
+    Info,
+    /// Prefill and decode speed, and GPU memory held (also after long histories: --history)
+    Bench(bench::BenchArgs),
+    /// Streaming perplexity of a text file, one session fed the whole text (StreamingLLM's
+    /// evaluation): CSV of every scored token and a PNG plot
+    Ppl(ppl::PplArgs),
+    /// Line plot (PNG) of CSV files written by `ppl` or scripts/decode_vs_history.py, one line
+    /// per file, labelled by the file name
+    Plot(plot::PlotArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Most tokens in one reply
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// 0 means greedy, the default: replies are reproducible and match an exact f32 pass
+    /// (try 0.8 for variety)
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 turns top-k off
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// 1 turns top-p off
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 1 turns the penalty off
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens of history the repetition penalty looks at
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: u32,
+    /// Seed of the sampler
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Pin the whole system prompt as sinks (sink policy with --chat / chat)
+    #[arg(long)]
+    keep_system: bool,
+}
+
+/// The attention policy and its sizes: chat, generate, ppl and bench share these flags.
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    /// Attention policy: `sink` keeps the first tokens and a sliding window (constant
+    /// memory, never full), `dense` keeps everything until --context is full, `window`
+    /// drops the sinks (the failing baseline), `recompute` re-encodes the window per token
+    #[arg(long, value_enum, default_value_t = PolicyArg::Sink)]
+    pub attention: PolicyArg,
+    /// Sink tokens kept forever (sink policy)
+    #[arg(long, default_value_t = DEFAULT_SINKS)]
+    pub sinks: usize,
+    /// Most recent tokens attended to (sink, window and recompute policies)
+    #[arg(long, default_value_t = DEFAULT_WINDOW)]
+    pub window: usize,
+    /// Slots of the dense policy [default: the model's trained context]
+    #[arg(long)]
+    pub context: Option<usize>,
+}
+
+impl PolicyArgs {
+    /// The policy these flags name, with `n_sink` sinks for `sink`.
+    pub fn policy_with_sinks(&self, config: &LlamaConfig, n_sink: usize) -> AttentionPolicy {
+        match self.attention {
+            PolicyArg::Dense => AttentionPolicy::Dense {
+                capacity: self.context.unwrap_or(config.context_len),
+            },
+            PolicyArg::Window => AttentionPolicy::Window {
+                window: self.window,
+            },
+            PolicyArg::Recompute => AttentionPolicy::Recompute {
+                window: self.window,
+            },
+            PolicyArg::Sink => AttentionPolicy::Sink {
+                n_sink,
+                window: self.window,
+            },
+        }
+    }
+
+    pub fn policy(&self, config: &LlamaConfig) -> AttentionPolicy {
+        self.policy_with_sinks(config, self.sinks)
+    }
+}
+
+/// The policy and its sizes in words: `sink (4 sinks + 2044 window)`.
+pub fn describe_policy(policy: AttentionPolicy) -> String {
+    match policy {
+        AttentionPolicy::Dense { capacity } => format!("dense (context {capacity})"),
+        AttentionPolicy::Window { window } => format!("window (window {window})"),
+        AttentionPolicy::Recompute { window } => format!("recompute (window {window})"),
+        AttentionPolicy::Sink { n_sink, window } => {
+            format!("sink ({n_sink} sinks + {window} window)")
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum PolicyArg {
+    Sink,
+    Dense,
+    Window,
+    Recompute,
+}
+
+impl RunArgs {
+    fn options(&self) -> anyhow::Result<GenerateOptions> {
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        sampling.validate()?;
+        Ok(GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop_at_eos: true,
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The GPU, the GGUF and what is built from them, loaded once per command.
+pub struct Loaded {
+    pub model: Arc<GpuModel>,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+pub fn gpu(cli: &Cli) -> anyhow::Result<Arc<Gpu>> {
+    let options = GpuOptions {
+        backend: cli.backend.clone(),
+        adapter: cli.adapter,
+    };
+    Ok(Arc::new(Gpu::new_blocking(&options)?))
+}
+
+fn model_path(cli: &Cli) -> PathBuf {
+    cli.model.clone().unwrap_or_else(default_model_path)
+}
+
+pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
+    let path = model_path(cli);
+    if cli.model.is_none() && !path.exists() {
+        anyhow::bail!(
+            "the default model is not at {}: run scripts/fetch-model.sh (or pass --model)",
+            path.display()
+        );
+    }
+    let gguf = Gguf::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    let gpu = gpu(cli)?;
+    let start = Instant::now();
+    let model = Arc::new(GpuModel::load(gpu.clone(), &gguf)?);
+    eprintln!(
+        "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        gpu.info.name,
+        gpu.info.backend,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(Loaded {
+        model,
+        tokenizer: Tokenizer::from_gguf(&gguf)?,
+        template: ChatTemplate::from_gguf(&gguf)?,
+    })
+}
+
+/// Tokens of the rendered conversation before the first user message's text: the system
+/// prompt and the user turn's header (what two different user messages render alike).
+fn system_prefix_tokens(loaded: &Loaded, system: Option<&String>) -> anyhow::Result<usize> {
+    let render = |user: &str| {
+        let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+        messages.push(ChatMessage::user(user));
+        loaded.template.render(&messages, false)
+    };
+    let (a, b) = (render("a")?, render("b")?);
+    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    Ok(loaded.tokenizer.encode(&a[..common])?.len())
+}
+
+fn session(
+    loaded: &Loaded,
+    run: &RunArgs,
+    system: Option<&String>,
+    chat: bool,
+) -> anyhow::Result<Session> {
+    let config = &loaded.model.config;
+    let n_sink = if run.keep_system && chat && run.policy.attention == PolicyArg::Sink {
+        system_prefix_tokens(loaded, system)?.max(run.policy.sinks)
+    } else {
+        run.policy.sinks
+    };
+    let policy = run.policy.policy_with_sinks(config, n_sink);
+    if run.keep_system && !(chat && run.policy.attention == PolicyArg::Sink) {
+        anyhow::bail!("--keep-system needs the sink policy and a chat (chat, or generate --chat)");
+    }
+    Ok(Session::new(
+        loaded.model.clone(),
+        &SessionOptions {
+            policy,
+            ..SessionOptions::default()
+        },
+    )?)
+}
+
+/// Ctrl-C sets the flag (ending the current reply) instead of killing the program.
+fn cancel_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || handler_flag.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Info => info(&cli),
+        Command::Generate {
+            prompt,
+            chat,
+            system,
+            run,
+        } => {
+            let text = match prompt {
+                Some(text) => text.clone(),
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    text
+                }
+            };
+            let loaded = load(&cli)?;
+            let text = if *chat {
+                let mut messages: Vec<ChatMessage> =
+                    system.iter().map(ChatMessage::system).collect();
+                messages.push(ChatMessage::user(text));
+                loaded.template.render(&messages, true)?
+            } else {
+                text
+            };
+            let prompt = loaded.tokenizer.encode(&text)?;
+            let mut session = session(&loaded, run, system.as_ref(), *chat)?;
+            let cancel = cancel_flag()?;
+            let mut stdout = std::io::stdout();
+            let generation = generate(
+                &mut session,
+                &loaded.tokenizer,
+                &prompt,
+                &run.options()?,
+                &cancel,
+                &mut |piece| {
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                },
+            )?;
+            // Only generated text goes to stdout; the line break for the terminal too
+            // goes to stderr.
+            eprintln!();
+            eprintln!(
+                "sinkstar: {} prompt tokens in {:.2}s, {} tokens at {:.1} tok/s ({:?})",
+                generation.prompt_tokens,
+                generation.prefill_secs,
+                generation.tokens.len(),
+                generation.decode_tokens_per_sec(),
+                generation.stop
+            );
+            Ok(())
+        }
+        Command::Chat { system, run } => {
+            let loaded = load(&cli)?;
+            let options = run.options()?;
+            let session = session(&loaded, run, system.as_ref(), true)?;
+            let mut chat = Chat::new(
+                session,
+                loaded.tokenizer.clone(),
+                loaded.template,
+                system.clone(),
+            );
+            let cancel = cancel_flag()?;
+            chat_loop(&mut chat, &options, &cancel)
+        }
+        Command::Bench(args) => bench::bench(&cli, args),
+        Command::Ppl(args) => ppl::ppl(&cli, args),
+        Command::Plot(args) => plot::plot_command(args),
+    }
+}
+
+fn chat_loop(
+    chat: &mut Chat,
+    options: &GenerateOptions,
+    cancel: &AtomicBool,
+) -> anyhow::Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "Type a message; /reset starts over, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply."
+        );
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                chat.reset();
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            _ => {}
+        }
+        cancel.store(false, Ordering::Relaxed);
+        let mut stdout = std::io::stdout();
+        let result = chat.send(line, options, cancel, &mut |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        });
+        println!();
+        match result {
+            Ok(generation) => {
+                if generation.stop == StopReason::Cancelled {
+                    eprintln!("(reply stopped)");
+                }
+                let session = chat.session();
+                eprintln!(
+                    "[{} tokens, {:.1} tok/s; {} tokens seen, {} of {} cache slots in use ({})]",
+                    generation.tokens.len(),
+                    generation.decode_tokens_per_sec(),
+                    session.n_seen(),
+                    session.n_filled(),
+                    session.capacity(),
+                    session.policy().name()
+                );
+            }
+            // A full context or a bad input ends the reply, not the chat.
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+fn info(cli: &Cli) -> anyhow::Result<()> {
+    let adapters = pollster::block_on(list_adapters(cli.backend.as_deref()))?;
+    println!("adapters:");
+    for a in &adapters {
+        println!(
+            "  [{}] {} ({}, {}) {}",
+            a.index, a.name, a.backend, a.device_type, a.driver
+        );
+    }
+    let gpu = gpu(cli)?;
+    let l = &gpu.limits;
+    println!(
+        "chosen: {} ({:?}, {:?})",
+        gpu.info.name, gpu.info.backend, gpu.info.device_type
+    );
+    println!(
+        "limits: storage binding {} MiB, buffer {} MiB, {} storage buffers/stage, \
+         {} invocations/workgroup, {} KiB workgroup memory, {} workgroups/dimension",
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_buffer_size >> 20,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroup_storage_size >> 10,
+        l.max_compute_workgroups_per_dimension
+    );
+    let path = model_path(cli);
+    match Gguf::open(&path) {
+        Ok(gguf) => {
+            let config = sinkstar::model::LlamaConfig::from_gguf(&gguf)?;
+            println!("model: {} (GGUF v{})", path.display(), gguf.version);
+            println!("  {config:?}");
+            let mut counts = std::collections::BTreeMap::new();
+            for t in &gguf.tensors {
+                let (n, bytes) = counts.entry(t.ggml_type.name()).or_insert((0, 0u64));
+                *n += 1;
+                *bytes += t.n_bytes;
+            }
+            for (name, (n, bytes)) in counts {
+                println!(
+                    "  {n} tensors of {name}, {:.1} MiB",
+                    bytes as f64 / 1048576.0
+                );
+            }
+        }
+        Err(e) => println!("model: {} ({e})", path.display()),
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (indicatif) for the long runs of `ppl` and `bench --history`.
+/// When stderr is no terminal (a script, a log file) the bar hides itself, so a plain line is
+/// printed every [`Progress::PLAIN_EVERY_SECS`] instead.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    what: String,
+    last_line: Instant,
+}
+
+impl Progress {
+    const PLAIN_EVERY_SECS: f64 = 15.0;
+
+    /// A bar of `len` tokens; `what` prefixes it (`ppl`, `history 16000`).
+    pub fn new(len: usize, what: &str) -> Progress {
+        let bar = indicatif::ProgressBar::new(len as u64);
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} tokens, {rate}, eta {eta} {msg}",
+        )
+        .expect("the template is valid")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} tok/s", state.per_sec());
+            },
+        );
+        bar.set_style(style);
+        bar.set_prefix(what.to_string());
+        Progress {
+            bar,
+            what: what.to_string(),
+            last_line: Instant::now(),
+        }
+    }
+
+    /// Moves the bar to `pos` tokens with `message` after it.
+    pub fn update(&mut self, pos: usize, message: &str) {
+        self.bar.set_position(pos as u64);
+        self.bar.set_message(message.to_string());
+        if self.bar.is_hidden() && self.last_line.elapsed().as_secs_f64() >= Self::PLAIN_EVERY_SECS
+        {
+            self.last_line = Instant::now();
+            let elapsed = self.bar.elapsed().as_secs_f64();
+            eprintln!(
+                "sinkstar: {} {pos}/{} tokens, {:.1} tok/s {message}",
+                self.what,
+                self.bar.length().unwrap_or(0),
+                pos as f64 / elapsed.max(1e-9),
+            );
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
