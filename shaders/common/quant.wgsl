@@ -99,8 +99,9 @@ fn weight_at(row_byte: u32, i: u32) -> f32 {
 }
 #endif
 
-// ---- F16: 2 bytes per weight (`weight_at` also reads rows of odd length, 2-byte aligned).
-#if F16
+// ---- F16 and BF16 (flag HALF): 2 bytes per weight; they differ only in how 16 bits become
+// an f32 (`weight_at` also reads rows of odd length, 2-byte aligned).
+#if HALF
 const BLOCK_ELEMS: u32 = 1u;
 const BLOCK_BYTES: u32 = 2u;
 const GROUP_STRIDE: u32 = 8u;
@@ -114,53 +115,32 @@ fn chunk_at(row_byte: u32, c: u32) -> Chunk {
     return Chunk((row_byte >> 2u) + c * 16u);
 }
 
-// The two f16 values of a word, low half first.
-fn f16_pair(w: u32) -> vec2<f32> {
-    return vec2<f32>(f16_to_f32(w & 0xffffu), f16_to_f32(w >> 16u));
+#if F16
+fn half_value(bits: u32) -> f32 {
+    return f16_to_f32(bits);
 }
-
-fn group_at(ch: Chunk, g: u32) -> Group {
-    let i = ch.word + 4u * g;
-    let lo = vec4<f32>(f16_pair(weight[i]), f16_pair(weight[i + 1u]));
-    let hi = vec4<f32>(f16_pair(weight[i + 2u]), f16_pair(weight[i + 3u]));
-    return Group(lo, hi);
-}
-
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    return half_at(row_byte + 2u * i);
+#else
+// bf16 is the top half of an f32.
+fn half_value(bits: u32) -> f32 {
+    return bitcast<f32>(bits << 16u);
 }
 #endif
 
-// ---- BF16: 2 bytes per weight, the top half of an f32 (`weight_at` as for F16).
-#if BF16
-const BLOCK_ELEMS: u32 = 1u;
-const BLOCK_BYTES: u32 = 2u;
-const GROUP_STRIDE: u32 = 8u;
-const HI_SKIP: u32 = 4u;
-
-struct Chunk {
-    word: u32,
-}
-
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    return Chunk((row_byte >> 2u) + c * 16u);
-}
-
-// The two bf16 values of a word, low half first.
-fn bf16_pair(w: u32) -> vec2<f32> {
-    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+// The two values of a word, low half first.
+fn half_pair(w: u32) -> vec2<f32> {
+    return vec2<f32>(half_value(w & 0xffffu), half_value(w >> 16u));
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
     let i = ch.word + 4u * g;
-    let lo = vec4<f32>(bf16_pair(weight[i]), bf16_pair(weight[i + 1u]));
-    let hi = vec4<f32>(bf16_pair(weight[i + 2u]), bf16_pair(weight[i + 3u]));
+    let lo = vec4<f32>(half_pair(weight[i]), half_pair(weight[i + 1u]));
+    let hi = vec4<f32>(half_pair(weight[i + 2u]), half_pair(weight[i + 3u]));
     return Group(lo, hi);
 }
 
 fn weight_at(row_byte: u32, i: u32) -> f32 {
     let b = row_byte + 2u * i;
-    return bitcast<f32>(((weight[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu) << 16u);
+    return half_value((weight[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu);
 }
 #endif
 

@@ -41,7 +41,7 @@ const WG_SIZE: u32 = 64;
 pub fn spec(format: WeightFormat) -> Result<PipelineSpec, GpuError> {
     Ok(PipelineSpec {
         label: format!("embed_{}", format.name()),
-        source: shader_source("embed.wgsl", &[format.flag()])?,
+        source: shader_source("embed.wgsl", format.defines())?,
         entry: "main",
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
         bindings: vec![

@@ -73,15 +73,16 @@ impl WeightFormat {
         }
     }
 
-    /// The preprocessor flag that selects this format in `common/quant.wgsl`.
-    pub fn flag(self) -> &'static str {
+    /// The preprocessor flags that select this format in `common/quant.wgsl`.
+    pub fn defines(self) -> &'static [&'static str] {
         match self {
-            WeightFormat::F32 => "F32",
-            WeightFormat::F16 => "F16",
-            WeightFormat::BF16 => "BF16",
-            WeightFormat::Q4_0 => "Q4_0",
-            WeightFormat::Q4_1 => "Q4_1",
-            WeightFormat::Q8_0 => "Q8_0",
+            WeightFormat::F32 => &["F32"],
+            // The two 2-byte formats share their decoding but for the last step (HALF).
+            WeightFormat::F16 => &["F16", "HALF"],
+            WeightFormat::BF16 => &["BF16", "HALF"],
+            WeightFormat::Q4_0 => &["Q4_0"],
+            WeightFormat::Q4_1 => &["Q4_1"],
+            WeightFormat::Q8_0 => &["Q8_0"],
         }
     }
 
@@ -348,7 +349,7 @@ impl Variant {
     }
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
-        let mut defines = vec![self.format.flag()];
+        let mut defines = self.format.defines().to_vec();
         if self.kind == MatmulKind::Vec {
             defines.push("VEC");
         }
