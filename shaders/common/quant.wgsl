@@ -10,7 +10,8 @@
 // Each word of a block is loaded once: on CPU drivers a load whose address differs between
 // invocations costs a dozen instructions per invocation, more than the arithmetic that decodes
 // it. No load reaches past the word holding a block's last byte.
-// Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0. Spec: ggml block layouts (notes/model.md §4).
+// Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0 (F16 and BF16 also set HALF). Spec: ggml
+// block layouts (notes/model.md §4).
 
 const CHUNK_ELEMS: u32 = 32u;
 
