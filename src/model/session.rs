@@ -109,6 +109,9 @@ struct LayerDispatches {
 }
 
 /// What a step does after the layers.
+// `Layers` and `AllLogits` serve blocking readbacks, native-only until the browser build gets
+// its async API (issue 5).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 enum Head<'a> {
     /// Nothing: an inner chunk of a long prompt.
     None,
