@@ -32,4 +32,24 @@ pub enum Error {
     Generate(#[from] GenerateError),
 }
 
+impl Error {
+    /// A short, stable name of the kind of failure, for programs rather than people (the npm
+    /// package's `SinkstarError.code`); the `Display` text says what exactly went wrong.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Gguf(_) | Error::Model(ModelError::Gguf(_)) => "bad-model-file",
+            Error::Model(_) => "model",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::Gpu(GpuError::NoAdapter { .. }) => "no-adapter",
+            Error::Gpu(GpuError::BufferTooLarge { .. } | GpuError::Limit { .. }) => "gpu-limit",
+            Error::Gpu(_) => "gpu",
+            Error::Attention(_) | Error::Matmul(_) => "kernel",
+            Error::Policy(PolicyError::ContextFull { .. }) => "context-full",
+            Error::Policy(_) => "policy",
+            Error::Sample(_) => "sampling",
+            Error::Generate(_) => "input",
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -220,6 +220,12 @@ impl KvSlots {
         &self.slot_token
     }
 
+    /// The slot the next token will be written to (the ring's write head); `capacity()` once
+    /// a dense cache is full.
+    pub fn next_slot(&self) -> usize {
+        self.slot_of(self.n_seen)
+    }
+
     /// `(n_sink, window)` for the attention kernel.
     pub fn kernel_window(&self) -> (u32, u32) {
         match self.policy.ring() {

@@ -8,8 +8,8 @@ use web_time::Instant;
 
 use crate::model::Session;
 use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
-use crate::tokenizer::Tokenizer;
-use crate::Error;
+use crate::tokenizer::{TextStream, Tokenizer};
+use crate::Result;
 
 pub use crate::kernels::sample::SamplingParams;
 
@@ -45,6 +45,17 @@ pub enum StopReason {
     Cancelled,
 }
 
+impl StopReason {
+    /// The name in JSON output (`generate --json`, the browser bindings).
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::MaxTokens => "maxtokens",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What one reply produced, with its timings.
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -69,9 +80,132 @@ impl Generation {
     }
 }
 
+/// One reply in the making, advanced a token at a time by [`Reply::next`]: the prompt's
+/// prefill and first sample on the first call, one decode step on each later one. Stepwise so
+/// that a browser can yield to its event loop between tokens and stop a reply at any token.
+pub struct Reply {
+    prompt: Vec<u32>,
+    options: GenerateOptions,
+    stream: TextStream,
+    tokens: Vec<u32>,
+    prefilled: bool,
+    stop: Option<StopReason>,
+    start: Instant,
+    prefill_secs: f64,
+}
+
+impl Reply {
+    pub fn new(
+        prompt: Vec<u32>,
+        tokenizer: &Tokenizer,
+        options: &GenerateOptions,
+    ) -> Result<Reply> {
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt.into());
+        }
+        Ok(Reply {
+            prompt,
+            options: options.clone(),
+            stream: tokenizer.stream(),
+            tokens: Vec::new(),
+            prefilled: false,
+            stop: None,
+            start: Instant::now(),
+            prefill_secs: 0.0,
+        })
+    }
+
+    /// Runs one step and returns the text it completed (empty while a character is still
+    /// incomplete UTF-8), or `None` once the reply is over.
+    pub async fn next(
+        &mut self,
+        session: &mut Session,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<String>> {
+        if self.stop.is_some() {
+            return Ok(self.stream.finish());
+        }
+        let token = if self.prefilled {
+            session.decode_async(&self.options.sampling).await?
+        } else {
+            self.start = Instant::now();
+            self.prefilled = true;
+            if self.options.max_tokens == 0 {
+                session.feed(&self.prompt)?;
+                self.prefill_secs = self.start.elapsed().as_secs_f64();
+                self.stop = Some(StopReason::MaxTokens);
+                return Ok(None);
+            }
+            let token = session
+                .feed_and_sample_async(&self.prompt, &self.options.sampling)
+                .await?;
+            self.prefill_secs = self.start.elapsed().as_secs_f64();
+            token
+        };
+        if self.options.stop_at_eos && token == tokenizer.eos() {
+            self.stop = Some(StopReason::Eos);
+            return Ok(self.stream.finish());
+        }
+        self.tokens.push(token);
+        let text = self.stream.push(token)?.unwrap_or_default();
+        if self.tokens.len() == self.options.max_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+        }
+        Ok(Some(text))
+    }
+
+    /// Ends the reply after the tokens generated so far.
+    pub fn cancel(&mut self) {
+        self.stop.get_or_insert(StopReason::Cancelled);
+    }
+
+    /// Tokens generated so far, without an end-of-sequence token.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// What the reply produced, with its timings.
+    pub fn generation(&self) -> Generation {
+        let elapsed = if self.prefilled {
+            self.start.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        Generation {
+            tokens: self.tokens.clone(),
+            stop: self.stop.unwrap_or(StopReason::Cancelled),
+            prompt_tokens: self.prompt.len(),
+            prefill_secs: self.prefill_secs,
+            decode_secs: (elapsed - self.prefill_secs).max(0.0),
+        }
+    }
+}
+
 /// Feeds `prompt` after whatever `session` holds, then samples up to `options.max_tokens`
 /// tokens, calling `on_text` with each piece of text as soon as it is whole UTF-8. `cancel`
 /// (e.g. set by Ctrl-C) ends the reply after the current token.
+pub async fn generate_async(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let mut reply = Reply::new(prompt.to_vec(), tokenizer, options)?;
+    while let Some(text) = reply.next(session, tokenizer).await? {
+        if !text.is_empty() {
+            on_text(&text);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            reply.cancel();
+        }
+    }
+    Ok(reply.generation())
+}
+
+/// Blocking form of [`generate_async`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn generate(
     session: &mut Session,
     tokenizer: &Tokenizer,
@@ -79,50 +213,19 @@ pub fn generate(
     options: &GenerateOptions,
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
-) -> Result<Generation, Error> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt.into());
-    }
-    let start = Instant::now();
-    let mut stream = tokenizer.stream();
-    let mut tokens = Vec::new();
-    let mut stop = StopReason::MaxTokens;
-    let prefill_secs;
-    if options.max_tokens > 0 {
-        let mut token = session.feed_and_sample(prompt, &options.sampling)?;
-        prefill_secs = start.elapsed().as_secs_f64();
-        loop {
-            if options.stop_at_eos && token == tokenizer.eos() {
-                stop = StopReason::Eos;
-                break;
-            }
-            tokens.push(token);
-            if let Some(text) = stream.push(token)? {
-                on_text(&text);
-            }
-            if cancel.load(Ordering::Relaxed) {
-                stop = StopReason::Cancelled;
-                break;
-            }
-            if tokens.len() == options.max_tokens {
-                break;
-            }
-            token = session.decode(&options.sampling)?;
-        }
-    } else {
-        session.feed(prompt)?;
-        prefill_secs = start.elapsed().as_secs_f64();
-    }
-    if let Some(text) = stream.finish() {
-        on_text(&text);
-    }
-    Ok(Generation {
-        tokens,
-        stop,
-        prompt_tokens: prompt.len(),
-        prefill_secs,
-        decode_secs: start.elapsed().as_secs_f64() - prefill_secs,
-    })
+) -> Result<Generation> {
+    pollster::block_on(generate_async(
+        session, tokenizer, prompt, options, cancel, on_text,
+    ))
+}
+
+/// A reply of a [`Chat`] with what the chat needs to take it into the conversation.
+struct ChatReply {
+    reply: Reply,
+    /// The whole conversation rendered up to the assistant's turn.
+    rendered: String,
+    /// Tokens the session held before the reply.
+    held: usize,
 }
 
 /// A multi-turn conversation: each turn renders the whole conversation with the chat
@@ -137,6 +240,8 @@ pub struct Chat {
     /// The conversation as text, exactly as far as the session has seen it (the pending
     /// token, which the session feeds first on the next step, counts as seen).
     context: String,
+    active: Option<ChatReply>,
+    last: Option<Generation>,
 }
 
 impl Chat {
@@ -155,6 +260,8 @@ impl Chat {
             system,
             messages,
             context: String::new(),
+            active: None,
+            last: None,
         }
     }
 
@@ -167,58 +274,103 @@ impl Chat {
         &self.context
     }
 
+    /// The last reply that ended.
+    pub fn last_generation(&self) -> Option<&Generation> {
+        self.last.as_ref()
+    }
+
+    /// Whether a reply has begun and not yet ended.
+    pub fn replying(&self) -> bool {
+        self.active.is_some()
+    }
+
     /// Forgets the conversation (keeps the system message).
     pub fn reset(&mut self) {
+        self.active = None;
         self.session.reset();
         self.context.clear();
         self.messages = self.system.iter().map(ChatMessage::system).collect();
     }
 
-    /// Adds a user turn and streams the assistant's reply.
-    pub fn send(
-        &mut self,
-        user: &str,
-        options: &GenerateOptions,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation, Error> {
+    /// Adds a user turn and begins the assistant's reply; [`Chat::next`] generates it. A reply
+    /// still running is ended first, as [`Chat::cancel`] does.
+    pub fn begin(&mut self, user: &str, options: &GenerateOptions) -> Result<()> {
+        self.cancel()?;
         self.messages.push(ChatMessage::user(user));
-        let text = self.template.render(&self.messages, true)?;
+        let prepared = self.prepare(options);
+        if prepared.is_err() {
+            self.messages.pop();
+        }
+        self.active = Some(prepared?);
+        Ok(())
+    }
+
+    fn prepare(&mut self, options: &GenerateOptions) -> Result<ChatReply> {
+        let rendered = self.template.render(&self.messages, true)?;
         // Chat templates only append: the new text follows what the session has seen. (A
         // template that rewrites earlier turns gets the whole conversation fed afresh.)
-        let new_text = match text.strip_prefix(self.context.as_str()) {
+        let new_text = match rendered.strip_prefix(self.context.as_str()) {
             Some(suffix) => suffix,
             None => {
                 self.session.reset();
                 self.context.clear();
-                &text
+                &rendered
             }
         };
         let tokens = self.tokenizer.encode(new_text)?;
-        let held = self.held();
-        let generation = match generate(
-            &mut self.session,
-            &self.tokenizer,
-            &tokens,
-            options,
-            cancel,
-            on_text,
-        ) {
-            Ok(generation) => generation,
+        let reply = Reply::new(tokens, &self.tokenizer, options)?;
+        Ok(ChatReply {
+            reply,
+            held: self.held(),
+            rendered,
+        })
+    }
+
+    /// Generates the next piece of the reply begun by [`Chat::begin`]; `None` once it has
+    /// ended (and been taken into the conversation). After an error the turn is dropped.
+    pub async fn next(&mut self) -> Result<Option<String>> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(None);
+        };
+        match active.reply.next(&mut self.session, &self.tokenizer).await {
+            Ok(Some(text)) => Ok(Some(text)),
+            Ok(None) => {
+                self.end()?;
+                Ok(None)
+            }
             Err(e) => {
                 // Keep the conversation as it was. A step refused up front (a full dense
                 // cache, bad settings) fed nothing; one that failed part-way did, and the
                 // cache cannot always be cut back: start the next turn afresh then.
+                let held = active.held;
+                self.active = None;
                 self.messages.pop();
                 if self.held() != held {
                     self.session.reset();
                     self.context.clear();
                 }
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Ends the running reply after the tokens generated so far and keeps them in the
+    /// conversation. Nothing happens when no reply runs.
+    pub fn cancel(&mut self) -> Result<()> {
+        if let Some(active) = self.active.as_mut() {
+            active.reply.cancel();
+        }
+        self.end()
+    }
+
+    /// Takes the ended reply into the conversation.
+    fn end(&mut self) -> Result<()> {
+        let Some(active) = self.active.take() else {
+            return Ok(());
         };
+        let generation = active.reply.generation();
         let reply = self.tokenizer.decode(&generation.tokens)?;
-        self.context = text;
+        self.context = active.rendered;
         // The session feeds its pending token (the last one sampled) before anything else,
         // so the whole reply counts as seen, and so does the end-of-turn token that stopped
         // it, which is also how the template closes the assistant's turn.
@@ -228,7 +380,41 @@ impl Chat {
                 .push_str(&self.tokenizer.decode(&[self.tokenizer.eos()])?);
         }
         self.messages.push(ChatMessage::assistant(reply));
-        Ok(generation)
+        self.last = Some(generation);
+        Ok(())
+    }
+
+    /// Adds a user turn and streams the assistant's reply to `on_text`; `cancel` ends it
+    /// after the current token.
+    pub async fn send_async(
+        &mut self,
+        user: &str,
+        options: &GenerateOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        self.begin(user, options)?;
+        while let Some(text) = self.next().await? {
+            if !text.is_empty() {
+                on_text(&text);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                self.cancel()?;
+            }
+        }
+        Ok(self.last.clone().expect("an ended reply is recorded"))
+    }
+
+    /// Blocking form of [`Chat::send_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn send(
+        &mut self,
+        user: &str,
+        options: &GenerateOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        pollster::block_on(self.send_async(user, options, cancel, on_text))
     }
 
     /// Tokens the session has taken in, pending one included.

@@ -34,7 +34,10 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Features requested for the device (none yet: the f32 path runs everywhere).
     pub features: wgpu::Features,
+    /// Features the adapter offers.
+    pub adapter_features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
     /// Bytes and number of buffers created through [`Gpu::buffer`] and still alive (what
     /// `bench` reports).
@@ -141,6 +144,7 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = wgpu::Features::empty();
+        let adapter_features = adapter.features();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("sinkstar"),
@@ -168,6 +172,7 @@ impl Gpu {
             info,
             limits,
             features,
+            adapter_features,
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(Allocated::default()),
             uncaptured,
@@ -196,6 +201,7 @@ impl Gpu {
 
     /// Runs `create` inside validation and out-of-memory error scopes and turns what they
     /// catch into `GpuError::Create` naming `what`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn scoped<T>(&self, what: &str, create: impl FnOnce() -> T) -> Result<T, GpuError> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -208,6 +214,20 @@ impl Gpu {
             }),
             None => Ok(value),
         }
+    }
+
+    /// In the browser an error scope answers with a promise, which nothing synchronous may
+    /// wait for: errors go to the uncaptured-error log instead and surface at the next
+    /// readback ([`Gpu::read_mapped`]) or here. Sizes and limits are checked before anything
+    /// is created, so what is left to catch are driver failures.
+    #[cfg(target_arch = "wasm32")]
+    pub fn scoped<T>(&self, what: &str, create: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let value = create();
+        self.check_uncaptured().map_err(|e| GpuError::Create {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(value)
     }
 
     /// Fails if wgpu reported an error outside a scope since the last check.

@@ -436,6 +436,11 @@ impl Session {
         1 + self.layers.len() * 11 + 3
     }
 
+    /// The slot the next token goes to: the ring's write head.
+    pub fn next_slot(&self) -> usize {
+        self.slots.next_slot()
+    }
+
     /// Cache slots holding a token (at most [`Session::capacity`], whatever the text length).
     pub fn n_filled(&self) -> usize {
         self.slots.n_filled()
@@ -483,26 +488,45 @@ impl Session {
         Ok(())
     }
 
-    /// Feeds `tokens` and samples the next token.
+    /// Feeds `tokens` and samples the next token (blocking form of
+    /// [`Session::feed_and_sample_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn feed_and_sample(&mut self, tokens: &[u32], sampling: &SamplingParams) -> Result<u32> {
+        pollster::block_on(self.feed_and_sample_async(tokens, sampling))
+    }
+
+    /// Feeds the pending sampled token and samples the next one (blocking form of
+    /// [`Session::decode_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode(&mut self, sampling: &SamplingParams) -> Result<u32> {
+        pollster::block_on(self.decode_async(sampling))
+    }
+
+    /// Feeds `tokens` and samples the next token. The future must be run to its end: dropped
+    /// before, the session keeps no pending token (the next step starts afresh from its input).
+    pub async fn feed_and_sample_async(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<u32> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput.into());
         }
-        let token = self.prefill(tokens, Head::Sample(sampling))?;
-        Ok(token.expect("a sampling step returns a token"))
+        self.prefill(tokens, Head::Sample(sampling))?;
+        self.read_sampled().await
     }
 
     /// Feeds the pending sampled token and samples the next one: one submission (the
-    /// recompute policy re-encodes its whole window instead).
-    pub fn decode(&mut self, sampling: &SamplingParams) -> Result<u32> {
+    /// recompute policy re-encodes its whole window instead) and one 4-byte readback.
+    pub async fn decode_async(&mut self, sampling: &SamplingParams) -> Result<u32> {
         if self.pending.is_none() {
             return Err(ModelError::NothingToDecode.into());
         }
-        let token = match self.options.policy {
+        match self.options.policy {
             AttentionPolicy::Recompute { .. } => self.prefill(&[], Head::Sample(sampling))?,
             _ => self.step(None, 1, Head::Sample(sampling))?,
         };
-        Ok(token.expect("a sampling step returns a token"))
+        self.read_sampled().await
     }
 
     /// Feeds `tokens` and returns the logits after each of them, `[tokens.len(), vocab_size]`:
@@ -578,7 +602,8 @@ impl Session {
     }
 
     /// Feeds the pending token, if any, then `tokens`, in chunks of at most `max_chunk`.
-    fn prefill(&mut self, tokens: &[u32], head: Head) -> Result<Option<u32>> {
+    /// A `Sample` head leaves the token for [`Session::read_sampled`].
+    fn prefill(&mut self, tokens: &[u32], head: Head) -> Result<()> {
         let vocab = self.model.config.vocab_size;
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange {
@@ -609,7 +634,6 @@ impl Session {
             self.remember(token);
         }
         let chunks: Vec<&[u32]> = all.chunks(self.options.max_chunk).collect();
-        let mut token = None;
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let head = match (&head, last) {
@@ -620,9 +644,9 @@ impl Session {
                 (Head::Logits, true) => Head::Logits,
                 (Head::Sample(s), true) => Head::Sample(s),
             };
-            token = self.step(Some(chunk), chunk.len(), head)?;
+            self.step(Some(chunk), chunk.len(), head)?;
         }
-        Ok(token)
+        Ok(())
     }
 
     /// Writes `slot_token[from..to]` from the host mirror.
@@ -636,8 +660,9 @@ impl Session {
     }
 
     /// One submission: `n_rows` tokens (from `tokens`, or the pending token already in
-    /// `tokens[0]` on the GPU) through every layer, then `head`.
-    fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<Option<u32>> {
+    /// `tokens[0]` on the GPU) through every layer, then `head`. A `Sample` head copies the
+    /// token to the readback buffer for [`Session::read_sampled`].
+    fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<()> {
         let model = self.model.clone();
         let gpu: &Gpu = model.gpu();
         let c = &model.config;
@@ -796,21 +821,27 @@ impl Session {
                 self.sample.record(&mut pass);
             }
         }
-        let Head::Sample(_) = head else {
-            gpu.queue.submit([encoder.finish()]);
-            return Ok(None);
-        };
-        encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
+        if matches!(head, Head::Sample(_)) {
+            encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
+        }
         gpu.queue.submit([encoder.finish()]);
-        let bytes =
-            pollster::block_on(gpu.read_mapped("sampled token", &self.buffers.readback, 4))?;
+        Ok(())
+    }
+
+    /// Waits for the token a `Sample` step left in the readback buffer and makes it pending.
+    async fn read_sampled(&mut self) -> Result<u32> {
+        let model = self.model.clone();
+        let bytes = model
+            .gpu()
+            .read_mapped("sampled token", &self.buffers.readback, 4)
+            .await?;
         let token = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes read back"));
         // The kernel appended the token to the GPU ring too; `remember` marks the host copy
         // for a rebuild, which keeps one code path for prompts, truncation and new settings.
         self.remember(token);
         self.sample_step = self.sample_step.wrapping_add(1);
         self.pending = Some(token);
-        Ok(Some(token))
+        Ok(token)
     }
 
     fn check_sampling(&self, sampling: &SamplingParams) -> Result<()> {

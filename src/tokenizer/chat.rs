@@ -10,7 +10,7 @@
 use minijinja::value::Value;
 use minijinja::{context, Environment, ErrorKind};
 
-use super::TokenizerError;
+use super::{Tokenizer, TokenizerError};
 use crate::model::gguf::Gguf;
 
 /// Name the template is registered under in the environment.
@@ -46,6 +46,7 @@ impl ChatMessage {
 }
 
 /// A compiled chat template.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -134,6 +135,25 @@ impl ChatTemplate {
                 eos_token => self.eos_token.as_str(),
             })
             .map_err(template_error)
+    }
+
+    /// Tokens of the rendered conversation before the first user message's text: the system
+    /// prompt and the user turn's header (what two different user messages render alike).
+    /// `--keep-system` pins this many tokens as sinks.
+    pub fn system_prefix_tokens(
+        &self,
+        tokenizer: &Tokenizer,
+        system: Option<&str>,
+    ) -> Result<usize, TokenizerError> {
+        let render = |user: &str| {
+            let mut messages: Vec<ChatMessage> =
+                system.into_iter().map(ChatMessage::system).collect();
+            messages.push(ChatMessage::user(user));
+            self.render(&messages, false)
+        };
+        let (a, b) = (render("a")?, render("b")?);
+        let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        Ok(tokenizer.encode(&a[..common])?.len())
     }
 }
 
