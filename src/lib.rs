@@ -14,6 +14,8 @@
 //! than Llama.
 
 pub mod attention;
+#[cfg(target_arch = "wasm32")]
+pub mod bindings;
 pub mod error;
 pub mod generate;
 pub mod gpu;
