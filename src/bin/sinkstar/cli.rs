@@ -18,7 +18,7 @@ use sinkstar::model::{default_model_path, GpuModel, LlamaConfig, Session, Sessio
 use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
 use sinkstar::tokenizer::Tokenizer;
 
-use crate::{bench, plot, ppl};
+use crate::{bench, plot, ppl, serve};
 
 #[derive(Parser)]
 #[command(version, about = "LLM runtime on WGSL compute shaders")]
@@ -58,6 +58,10 @@ enum Command {
         /// System message for --chat [default: the template's own]
         #[arg(long)]
         system: Option<String>,
+        /// Print one JSON object at the end instead of streaming text: the text, the token
+        /// ids, the stop reason and the timings (what the browser tests compare with)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -71,6 +75,9 @@ enum Command {
     /// Line plot (PNG) of CSV files written by `ppl` or scripts/decode_vs_history.py, one line
     /// per file, labelled by the file name
     Plot(plot::PlotArgs),
+    /// Serves the browser demo (www/), the npm package with its WASM build (pkg/) and the
+    /// models on 127.0.0.1
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -243,19 +250,6 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
     })
 }
 
-/// Tokens of the rendered conversation before the first user message's text: the system
-/// prompt and the user turn's header (what two different user messages render alike).
-fn system_prefix_tokens(loaded: &Loaded, system: Option<&String>) -> anyhow::Result<usize> {
-    let render = |user: &str| {
-        let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
-        messages.push(ChatMessage::user(user));
-        loaded.template.render(&messages, false)
-    };
-    let (a, b) = (render("a")?, render("b")?);
-    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
-    Ok(loaded.tokenizer.encode(&a[..common])?.len())
-}
-
 fn session(
     loaded: &Loaded,
     run: &RunArgs,
@@ -264,7 +258,10 @@ fn session(
 ) -> anyhow::Result<Session> {
     let config = &loaded.model.config;
     let n_sink = if run.keep_system && chat && run.policy.attention == PolicyArg::Sink {
-        system_prefix_tokens(loaded, system)?.max(run.policy.sinks)
+        loaded
+            .template
+            .system_prefix_tokens(&loaded.tokenizer, system.map(String::as_str))?
+            .max(run.policy.sinks)
     } else {
         run.policy.sinks
     };
@@ -297,6 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             prompt,
             chat,
             system,
+            json,
             run,
         } => {
             let text = match prompt {
@@ -327,10 +325,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &run.options()?,
                 &cancel,
                 &mut |piece| {
-                    let _ = stdout.write_all(piece.as_bytes());
-                    let _ = stdout.flush();
+                    if !*json {
+                        let _ = stdout.write_all(piece.as_bytes());
+                        let _ = stdout.flush();
+                    }
                 },
             )?;
+            if *json {
+                let summary = serde_json::json!({
+                    "text": loaded.tokenizer.decode(&generation.tokens)?,
+                    "tokenIds": generation.tokens,
+                    "stop": generation.stop.name(),
+                    "promptTokens": generation.prompt_tokens,
+                    "prefillSecs": generation.prefill_secs,
+                    "decodeSecs": generation.decode_secs,
+                    "decodeTokensPerSec": generation.decode_tokens_per_sec(),
+                    "adapter": loaded.model.gpu().info.name,
+                });
+                println!("{summary}");
+            }
             // Only generated text goes to stdout; the line break for the terminal too
             // goes to stderr.
             eprintln!();
@@ -360,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(&cli, args),
         Command::Ppl(args) => ppl::ppl(&cli, args),
         Command::Plot(args) => plot::plot_command(args),
+        Command::Serve(args) => serve::serve(cli.model.as_deref(), args),
     }
 }
 

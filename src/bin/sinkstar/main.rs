@@ -1,8 +1,9 @@
-//! The sinkstar command line: chat, generate, info, bench, ppl and plot.
+//! The sinkstar command line: chat, generate, info, bench, ppl, plot and serve.
 //!
 //! `cli` parses the arguments and runs chat, generate and info; `bench` measures speed and
 //! memory (also against the length of the history), `ppl` measures streaming perplexity as
-//! StreamingLLM does, and `plot` draws their CSVs as PNG line plots.
+//! StreamingLLM does, `plot` draws their CSVs as PNG line plots, and `serve` hands the
+//! browser demo to a local browser.
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -20,3 +21,5 @@ mod cli;
 mod plot;
 #[cfg(not(target_arch = "wasm32"))]
 mod ppl;
+#[cfg(not(target_arch = "wasm32"))]
+mod serve;
