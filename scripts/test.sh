@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, the whole test suite (GPU tests on whatever
 # Vulkan adapter is present: lavapipe on machines without a GPU; a missing adapter fails),
-# `cargo check` of the Metal (macOS) and DX12 (Windows) builds, and of the library for wasm32
-# (the browser build).
+# `cargo check` of the Metal (macOS) and DX12 (Windows) builds, clippy of the browser build, and
+# the browser tests in headless Chromium (the demo page and the npm package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Skip wgpu's GL probe (it prints an EGL error on headless machines).
@@ -17,5 +17,13 @@ for target in aarch64-apple-darwin x86_64-pc-windows-msvc; do
   echo "cargo check --target $target" >&2
   cargo check --lib --bins --target "$target"
 done
-echo "cargo check --target wasm32-unknown-unknown" >&2
-cargo check --lib --target wasm32-unknown-unknown
+echo "cargo clippy --target wasm32-unknown-unknown" >&2
+cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+
+# The browser: the WASM build, the demo page end to end in headless Chromium against the
+# native greedy run, and the npm package installed into a scratch Vite project.
+scripts/build-wasm.sh
+cargo build --quiet --bin sinkstar
+(cd tests/browser && npm install --no-audit --no-fund --prefer-offline --loglevel=error)
+node tests/browser/e2e.mjs
+SINKSTAR_NO_WASM_BUILD=1 tests/npm/run.sh

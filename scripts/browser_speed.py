@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""The README's browser speed table: headless Chromium (WebGPU on SwiftShader) vs native
+lavapipe on the same machine, from one run of tests/browser/e2e.mjs.
+
+The first reply ("What is the capital of France?", 37 prompt tokens, greedy) runs in both; its
+prefill includes compiling every pipeline on first use (Chromium: WGSL to SPIR-V to
+SwiftShader's JIT). The browser's later turns (long prompts, short replies, pipelines warm)
+give its steady prefill and decode rates. Needs target/debug/sinkstar, pkg/wasm (scripts/
+build-wasm.sh) and tests/browser/node_modules. Usage: python3 scripts/browser_speed.py
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def rate(tokens, secs):
+    return tokens / secs if secs > 0 else float("nan")
+
+
+def main():
+    env = dict(os.environ, WGPU_BACKEND=os.environ.get("WGPU_BACKEND", "vulkan"))
+    out = subprocess.run(["node", "tests/browser/e2e.mjs"], cwd=ROOT, env=env, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    run = json.loads(out.strip().splitlines()[-1])
+    browser, native, turns = run["browser"], run["native"], run["turns"]
+    print(f"Browser: {run['adapter']}; native: {native['adapter']} (Vulkan).\n")
+    print("| | prompt tokens | prefill s | prefill tok/s | decode tok/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in [("native lavapipe, first reply", native),
+                    ("Chromium SwiftShader, first reply", browser)]:
+        print(f"| {name} | {r['promptTokens']} | {r['prefillSecs']:.2f} | "
+              f"{rate(r['promptTokens'], r['prefillSecs']):.1f} | "
+              f"{r['decodeTokensPerSec']:.2f} |")
+    prompt = sum(t["promptTokens"] for t in turns)
+    prefill = sum(t["prefillSecs"] for t in turns)
+    decoded = sum(max(t["tokens"] - 1, 0) for t in turns)
+    decode = sum(t["decodeSecs"] for t in turns)
+    print(f"| Chromium SwiftShader, {len(turns)} later turns | {prompt} | {prefill:.2f} | "
+          f"{rate(prompt, prefill):.1f} | {rate(decoded, decode):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
