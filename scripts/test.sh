@@ -20,8 +20,10 @@ done
 echo "cargo clippy --target wasm32-unknown-unknown" >&2
 cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
-# The browser: the WASM build, the demo page end to end in headless Chromium against the
+# The browser: the kernel tests in Chromium (the same bodies as tests/kernels natively), the
+# WASM build, the demo page end to end in headless Chromium against the
 # native greedy run, and the npm package installed into a scratch Vite project.
+scripts/test-wasm-kernels.sh
 scripts/build-wasm.sh
 cargo build --quiet --bin sinkstar
 (cd tests/browser && npm install --no-audit --no-fund --prefer-offline --loglevel=error)

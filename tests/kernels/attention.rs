@@ -1,11 +1,14 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
     attention_cpu, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params, Variant,
     EMPTY_SLOT,
 };
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol, TOL_REDUCTION};
+use crate::{
+    arena_with, assert_close, random_vec, read_f32, rng, run, Tol, BROWSER, TOL_REDUCTION,
+};
 
 /// Dot products over up to 128 dims and softmax sums over up to 300 keys in f32, summed in
 /// another order than the CPU reference.
@@ -100,8 +103,7 @@ impl Case {
         rope_table(BASE, self.head_dim, self.params().n_pos() as usize)
     }
 
-    fn run_gpu(&self, inputs: &Inputs) -> Vec<f32> {
-        let gpu = gpu();
+    async fn run_gpu(&self, gpu: &Gpu, inputs: &Inputs) -> Vec<f32> {
         let params = self.params();
         let kernel = Attention::new(gpu, params.head_dim).unwrap();
         let (arena, slot) = arena_with(gpu, &params);
@@ -126,7 +128,7 @@ impl Case {
             .dispatch(gpu, arena.binding(slot), &params, &buffers)
             .unwrap();
         run(gpu, &[&dispatch]);
-        gpu.read_f32(&out, n_out).unwrap()
+        read_f32(gpu, &out, n_out).await
     }
 
     fn run_cpu(&self, inputs: &Inputs) -> Vec<f32> {
@@ -148,9 +150,9 @@ impl Case {
         format!("{} {}", variant.label(), self.name)
     }
 
-    fn check_against_cpu(&self, rng: &mut StdRng) {
+    async fn check_against_cpu(&self, gpu: &Gpu, rng: &mut StdRng) {
         let inputs = self.random_inputs(rng);
-        let got = self.run_gpu(&inputs);
+        let got = self.run_gpu(gpu, &inputs).await;
         assert_close(&self.label(), &got, &self.run_cpu(&inputs), TOL_ATTENTION);
     }
 }
@@ -231,15 +233,27 @@ fn ring_case(
 
 /// Every (n_sink, window, chunk) with chunks ending at the first tokens (fewer tokens than
 /// sinks), just after the first eviction, after the ring wrapped three times, and far on.
+/// The browser keeps no sink and more sinks than the first chunk's tokens, a window of one
+/// and a wide one, and chunks shorter and longer than the window.
 fn ring_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut shapes = HEADS
         .iter()
         .flat_map(|&h| HEAD_DIMS.map(|d| (h, d)))
         .cycle();
-    for n_sink in [0, 1, 4] {
-        for window in [1, 2, 33] {
-            for n_rows in [1, 3, window + 5] {
+    let (sink_counts, windows): (&[u32], &[u32]) = if BROWSER {
+        (&[0, 4], &[1, 33])
+    } else {
+        (&[0, 1, 4], &[1, 2, 33])
+    };
+    for &n_sink in sink_counts {
+        for &window in windows {
+            let row_counts = if BROWSER {
+                vec![3, window + 5]
+            } else {
+                vec![1, 3, window + 5]
+            };
+            for n_rows in row_counts {
                 let ring_len = window + n_rows - 1;
                 let mut ends = vec![
                     n_rows - 1,
@@ -314,27 +328,35 @@ fn repack_oracle(case: &Case, inputs: &Inputs) -> Vec<f32> {
     out
 }
 
-#[test]
-fn attention_dense_matches_cpu() {
+gpu_test!(attention_dense_matches_cpu);
+async fn attention_dense_matches_cpu(gpu: &Gpu) {
     let mut rng = rng(21);
+    let mut cases = Vec::new();
     for heads in HEADS {
         for head_dim in HEAD_DIMS {
             for n_tokens in [1, 7, 100, 300] {
                 for n_rows in [1, 5, 33].into_iter().filter(|&n| n <= n_tokens) {
-                    dense_case(&mut rng, n_rows, heads, head_dim, n_tokens)
-                        .check_against_cpu(&mut rng);
+                    cases.push((heads, head_dim, n_tokens, n_rows));
                 }
             }
         }
     }
+    // The browser runs every 11th case: 11 is coprime to the 9 (tokens, rows) pairs of each
+    // (heads, head_dim), so its 10 cases cover every head shape, head_dim and pair.
+    let stride = if BROWSER { 11 } else { 1 };
+    for (heads, head_dim, n_tokens, n_rows) in cases.into_iter().step_by(stride) {
+        dense_case(&mut rng, n_rows, heads, head_dim, n_tokens)
+            .check_against_cpu(gpu, &mut rng)
+            .await;
+    }
 }
 
-#[test]
-fn attention_ring_matches_cpu_and_repacked_dense() {
+gpu_test!(attention_ring_matches_cpu_and_repacked_dense);
+async fn attention_ring_matches_cpu_and_repacked_dense(gpu: &Gpu) {
     let mut rng = rng(22);
     for case in ring_cases() {
         let inputs = case.random_inputs(&mut rng);
-        let got = case.run_gpu(&inputs);
+        let got = case.run_gpu(gpu, &inputs).await;
         assert_close(&case.label(), &got, &case.run_cpu(&inputs), TOL_ATTENTION);
         let repacked = repack_oracle(&case, &inputs);
         assert_close(
@@ -346,15 +368,15 @@ fn attention_ring_matches_cpu_and_repacked_dense() {
     }
 }
 
+gpu_test!(attention_window_of_one_returns_own_value);
 /// sink-window.md §10.5: with no sinks and a window of one, each row sees only itself, so its
 /// output is its own value row.
-#[test]
-fn attention_window_of_one_returns_own_value() {
+async fn attention_window_of_one_returns_own_value(gpu: &Gpu) {
     let mut rng = rng(23);
     for (n_rows, last_token) in [(1, 0), (1, 17), (3, 40)] {
         let case = ring_case((9, 3), 64, 0, 1, n_rows, last_token);
         let inputs = case.random_inputs(&mut rng);
-        let got = case.run_gpu(&inputs);
+        let got = case.run_gpu(gpu, &inputs).await;
         let hd = case.head_dim;
         let mut want = Vec::new();
         for r in 0..case.n_rows {
@@ -369,8 +391,8 @@ fn attention_window_of_one_returns_own_value() {
     }
 }
 
-#[test]
-fn attention_row_without_visible_keys_is_zero() {
+gpu_test!(attention_row_without_visible_keys_is_zero);
+async fn attention_row_without_visible_keys_is_zero(gpu: &Gpu) {
     let mut rng = rng(24);
     // Rows are tokens 3 and 4; the cache holds only empty slots and later tokens.
     let mut case = dense_case(&mut rng, 2, (4, 1), 64, 5);
@@ -378,20 +400,20 @@ fn attention_row_without_visible_keys_is_zero() {
     case.slot_token = vec![EMPTY_SLOT, 9, EMPTY_SLOT, 5, 6];
     case.n_slots = 5;
     let inputs = case.random_inputs(&mut rng);
-    let got = case.run_gpu(&inputs);
+    let got = case.run_gpu(gpu, &inputs).await;
     let zeros = vec![0.0; got.len()];
     assert_close(&case.label(), &got, &zeros, TOL_EXACT);
     assert_close(&case.label(), &case.run_cpu(&inputs), &zeros, TOL_EXACT);
 }
 
+gpu_test!(attention_ignores_which_slot_holds_a_token);
 /// The slot a token sits in is storage, not meaning: moving (token, key, value) triples to
 /// other slots leaves the output unchanged.
-#[test]
-fn attention_ignores_which_slot_holds_a_token() {
+async fn attention_ignores_which_slot_holds_a_token(gpu: &Gpu) {
     let mut rng = rng(25);
     let case = ring_case((9, 3), 64, 4, 33, 3, 150);
     let inputs = case.random_inputs(&mut rng);
-    let before = case.run_gpu(&inputs);
+    let before = case.run_gpu(gpu, &inputs).await;
     let capacity = case.slot_token.len();
     let mut perm: Vec<usize> = (0..capacity).collect();
     perm.shuffle(&mut rng);
@@ -405,7 +427,7 @@ fn attention_ignores_which_slot_holds_a_token() {
         moved.v_cache[to * row..(to + 1) * row]
             .copy_from_slice(&inputs.v_cache[from * row..(from + 1) * row]);
     }
-    let after = moved_case.run_gpu(&moved);
+    let after = moved_case.run_gpu(gpu, &moved).await;
     assert_close(
         &format!("{} slots permuted", case.label()),
         &after,
@@ -414,19 +436,19 @@ fn attention_ignores_which_slot_holds_a_token() {
     );
 }
 
+gpu_test!(attention_uses_token_positions);
 /// Token indices are positions: giving two visible keys each other's token index (their data
 /// stays put) rotates them differently, so the output changes, and the reference agrees.
-#[test]
-fn attention_uses_token_positions() {
+async fn attention_uses_token_positions(gpu: &Gpu) {
     let mut rng = rng(26);
     let case = dense_case(&mut rng, 1, (9, 3), 64, 7);
     let inputs = case.random_inputs(&mut rng);
-    let before = case.run_gpu(&inputs);
+    let before = case.run_gpu(gpu, &inputs).await;
     let mut relabeled = case.clone();
     let a = case.slot_token.iter().position(|&u| u == 0).unwrap();
     let b = case.slot_token.iter().position(|&u| u == 5).unwrap();
     relabeled.slot_token.swap(a, b);
-    let after = relabeled.run_gpu(&inputs);
+    let after = relabeled.run_gpu(gpu, &inputs).await;
     let change = before
         .iter()
         .zip(&after)
@@ -445,14 +467,14 @@ fn attention_uses_token_positions() {
     );
 }
 
+gpu_test!(attention_is_shift_invariant);
 /// RoPE depends on relative positions only: moving the query and every key by the same
 /// distance leaves the output unchanged (checked on the GPU, through the table).
-#[test]
-fn attention_is_shift_invariant() {
+async fn attention_is_shift_invariant(gpu: &Gpu) {
     let mut rng = rng(27);
     let case = dense_case(&mut rng, 5, (4, 1), 80, 100);
     let inputs = case.random_inputs(&mut rng);
-    let before = case.run_gpu(&inputs);
+    let before = case.run_gpu(gpu, &inputs).await;
     for shift in [1, 100, 5000] {
         let mut shifted = case.clone();
         shifted.name = format!("{} shifted by {shift}", case.name);
@@ -464,32 +486,37 @@ fn attention_is_shift_invariant() {
         shifted.n_sink = 1 << 20;
         assert_close(
             &shifted.label(),
-            &shifted.run_gpu(&inputs),
+            &shifted.run_gpu(gpu, &inputs).await,
             &before,
             TOL_SHIFT,
         );
     }
 }
 
+gpu_test!(attention_wide_window_is_dense);
 /// sink-window.md §3: when the window never overflows, positions are text positions, so
 /// (all sinks), (no sink, wide window) and (4 sinks, wide window) are the same dense attention.
-#[test]
-fn attention_wide_window_is_dense() {
+async fn attention_wide_window_is_dense(gpu: &Gpu) {
     let mut rng = rng(28);
     let dense = dense_case(&mut rng, 5, (9, 3), 64, 40);
     let inputs = dense.random_inputs(&mut rng);
-    let want = dense.run_gpu(&inputs);
+    let want = dense.run_gpu(gpu, &inputs).await;
     for (n_sink, window) in [(0, 40), (4, 36), (4, 1000)] {
         let mut case = dense.clone();
         case.name = format!("dense as sink {n_sink} window {window}");
         (case.n_sink, case.window) = (n_sink, window);
-        assert_close(&case.label(), &case.run_gpu(&inputs), &want, TOL_ATTENTION);
+        assert_close(
+            &case.label(),
+            &case.run_gpu(gpu, &inputs).await,
+            &want,
+            TOL_ATTENTION,
+        );
     }
 }
 
+cpu_test!(rope_rotates_adjacent_pairs);
 /// The convention of model.md §5, checked against angles computed here in f64: pair i is
 /// (x[2i], x[2i+1]) and turns by pos · base^(−2i/head_dim).
-#[test]
 fn rope_rotates_adjacent_pairs() {
     let head_dim = 64;
     let table = rope_table(BASE, head_dim, 1001);
@@ -517,8 +544,8 @@ fn rope_rotates_adjacent_pairs() {
     }
 }
 
+cpu_test!(rope_depends_on_distance_only);
 /// <R(p + d) q, R(p) k> is the same for every p: the score depends on the distance d only.
-#[test]
 fn rope_depends_on_distance_only() {
     let mut rng = rng(29);
     for head_dim in HEAD_DIMS {
@@ -542,9 +569,8 @@ fn rope_depends_on_distance_only() {
     }
 }
 
-#[test]
-fn attention_rejects_bad_shapes() {
-    let gpu = gpu();
+gpu_test!(attention_rejects_bad_shapes);
+async fn attention_rejects_bad_shapes(gpu: &Gpu) {
     for head_dim in [0, 63, 130] {
         assert!(matches!(
             Attention::new(gpu, head_dim),

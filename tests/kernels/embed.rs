@@ -4,7 +4,7 @@ use sinkstar::kernels::embed::{embed_cpu, Embed, Params};
 use sinkstar::kernels::matmul::{upload_weight, MatmulError, WeightFormat};
 use sinkstar::model::quant::quantize;
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol};
+use crate::{arena_with, assert_close, random_vec, read_f32, rng, run, Tol, BROWSER};
 
 /// Both sides decode the same blocks; the shader may fuse `d * q + m` into one rounding, so
 /// values may differ in the last bit (values are within [-1, 1]).
@@ -14,7 +14,7 @@ const TOL_DECODE: Tol = Tol {
 };
 
 /// Looks `tokens` up in a random `[vocab_size, dim]` table and compares with `embed_cpu`.
-fn check(
+async fn check(
     gpu: &Gpu,
     kernel: &Embed,
     format: WeightFormat,
@@ -49,7 +49,7 @@ fn check(
         )
         .unwrap();
     run(gpu, &[&dispatch]);
-    let got = gpu.read_f32(&out, n_rows * dim).unwrap();
+    let got = read_f32(gpu, &out, n_rows * dim).await;
     let mut want = vec![0.0; n_rows * dim];
     embed_cpu(format, &table, dim, vocab_size, tokens, &mut want).unwrap();
     let name = format!(
@@ -59,19 +59,30 @@ fn check(
     assert_close(&name, &got, &want, TOL_DECODE);
 }
 
-#[test]
-fn embed_matches_cpu() {
-    let gpu = gpu();
+gpu_test!(embed_matches_cpu);
+async fn embed_matches_cpu(gpu: &Gpu) {
+    // The browser keeps, per format, an odd number of blocks (an odd width for float formats),
+    // a one-row table and a prime-sized one, and 7 rows (which include the ids past the table).
+    let (block_widths, float_widths, vocab_sizes, row_counts): (
+        &[usize],
+        &[usize],
+        &[usize],
+        &[usize],
+    ) = if BROWSER {
+        (&[96], &[7], &[1, 67], &[1, 7])
+    } else {
+        (&[32, 96, 576], &[1, 7, 45], &[1, 5, 67], &[1, 2, 7, 33])
+    };
     for format in WeightFormat::ALL {
         let kernel = Embed::new(gpu, format).unwrap();
-        let mut widths = vec![32, 96, 576];
+        let mut widths = block_widths.to_vec();
         if format.block_elems() == 1 {
             // Rows of odd length leave the next row 2-byte aligned for F16 and BF16.
-            widths.extend([1, 7, 45]);
+            widths.extend(float_widths);
         }
         for &dim in &widths {
-            for vocab_size in [1, 5, 67] {
-                for n_rows in [1, 2, 7, 33] {
+            for &vocab_size in vocab_sizes {
+                for &n_rows in row_counts {
                     let mut rng = rng((n_rows * 31 + vocab_size) as u64);
                     let mut tokens: Vec<u32> = (0..n_rows)
                         .map(|_| rng.random_range(0..vocab_size as u32))
@@ -82,25 +93,23 @@ fn embed_matches_cpu() {
                         tokens[1] = vocab_size as u32;
                         tokens[2] = u32::MAX;
                     }
-                    check(gpu, &kernel, format, dim, vocab_size, &tokens);
+                    check(gpu, &kernel, format, dim, vocab_size, &tokens).await;
                 }
             }
         }
     }
 }
 
-#[test]
-fn embed_matches_cpu_on_model_shape() {
-    let gpu = gpu();
+gpu_test!(embed_matches_cpu_on_model_shape);
+async fn embed_matches_cpu_on_model_shape(gpu: &Gpu) {
     // token_embd.weight of the default model: [49152, 576] Q8_0.
     let format = WeightFormat::Q8_0;
     let kernel = Embed::new(gpu, format).unwrap();
-    check(gpu, &kernel, format, 576, 49152, &[1, 0, 49151, 2, 12345]);
+    check(gpu, &kernel, format, 576, 49152, &[1, 0, 49151, 2, 12345]).await;
 }
 
-#[test]
-fn embed_rejects_bad_shapes_with_typed_errors() {
-    let gpu = gpu();
+gpu_test!(embed_rejects_bad_shapes_with_typed_errors);
+async fn embed_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let format = WeightFormat::Q8_0;
     let kernel = Embed::new(gpu, format).unwrap();
     let table = upload_weight(gpu, "table", format, &[0; 34]).unwrap();

@@ -1,13 +1,13 @@
+use sinkstar::gpu::Gpu;
 use sinkstar::kernels::kv_write::{kv_write_cpu, Buffers, KvWrite, Params};
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol};
+use crate::{arena_with, assert_close, random_vec, read_f32, rng, run, Tol};
 
 /// A copy moves values unchanged.
 const TOL_EXACT: Tol = Tol { abs: 0.0, rel: 0.0 };
 
-#[test]
-fn kv_write_matches_cpu() {
-    let gpu = gpu();
+gpu_test!(kv_write_matches_cpu);
+async fn kv_write_matches_cpu(gpu: &Gpu) {
     let kernel = KvWrite::new(gpu).unwrap();
     let mut rng = rng(11);
     // Slots out of order and not contiguous; 7 rows of the default model's width and a prime width.
@@ -56,8 +56,8 @@ fn kv_write_matches_cpu() {
             .dispatch(gpu, arena.binding(slot), &params, &buffers)
             .unwrap();
         run(gpu, &[&dispatch]);
-        let k_got = gpu.read_f32(&k_cache, n_cache).unwrap();
-        let v_got = gpu.read_f32(&v_cache, n_cache).unwrap();
+        let k_got = read_f32(gpu, &k_cache, n_cache).await;
+        let v_got = read_f32(gpu, &v_cache, n_cache).await;
         kv_write_cpu(&slots, &k_new, &v_new, row_elems, &mut k_want, &mut v_want);
         let name = format!("kv_write {n_rows}x{row_elems} into {capacity}");
         assert_close(&format!("{name} k"), &k_got, &k_want, TOL_EXACT);
@@ -65,9 +65,8 @@ fn kv_write_matches_cpu() {
     }
 }
 
-#[test]
-fn kv_write_rejects_small_buffers() {
-    let gpu = gpu();
+gpu_test!(kv_write_rejects_small_buffers);
+async fn kv_write_rejects_small_buffers(gpu: &Gpu) {
     let kernel = KvWrite::new(gpu).unwrap();
     let params = Params {
         n_rows: 2,

@@ -1,5 +1,55 @@
 //! GPU kernels against their CPU references, one module per family, on seeded random inputs
 //! of awkward sizes. One test binary so CI links once. A test that finds no adapter fails.
+//!
+//! Each GPU test body is written once, as `async fn name(gpu: &Gpu)`, and `gpu_test!(name)`
+//! runs it on both targets: natively as `name::native` (`cargo test --test kernels`, blocking
+//! through pollster) and in headless Chromium as `name::browser`
+//! (`scripts/test-wasm-kernels.sh`; awaited, since blocking waits hang a web page).
+//! `cpu_test!` does the same for the few tests that need no GPU. Chromium's WebGPU is
+//! SwiftShader, f32-only and slow, so where a native case list is long the browser runs a cut
+//! of it (`BROWSER`); every family and every variant still runs there.
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// `gpu_test!(name)`: the test `name::native` (or `name::browser` on wasm32) awaits
+/// `name(gpu)` on the shared device. Defined before the modules so that they can use it.
+macro_rules! gpu_test {
+    ($name:ident) => {
+        mod $name {
+            #[cfg(not(target_arch = "wasm32"))]
+            #[test]
+            fn native() {
+                pollster::block_on(async { super::$name(crate::gpu().await).await });
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[wasm_bindgen_test::wasm_bindgen_test]
+            async fn browser() {
+                super::$name(crate::gpu().await).await;
+            }
+        }
+    };
+}
+
+/// `cpu_test!(name)`: the test `name::native` (or `name::browser` on wasm32) calls `name()`.
+macro_rules! cpu_test {
+    ($name:ident) => {
+        mod $name {
+            #[cfg(not(target_arch = "wasm32"))]
+            #[test]
+            fn native() {
+                super::$name();
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[wasm_bindgen_test::wasm_bindgen_test]
+            fn browser() {
+                super::$name();
+            }
+        }
+    };
+}
 
 mod attention;
 mod embed;
@@ -9,19 +59,52 @@ mod rms_norm;
 mod sample;
 mod swiglu;
 
-use std::sync::OnceLock;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sinkstar::gpu::{Dispatch, Gpu, GpuOptions, ParamSlot, UniformArena};
 
-/// The device every test shares (tests run on threads of one process).
-pub fn gpu() -> &'static Gpu {
+/// True in the browser run: long case lists are cut there (SwiftShader takes up to seconds
+/// per large dispatch, and the whole run shares one page).
+pub const BROWSER: bool = cfg!(target_arch = "wasm32");
+
+fn open_gpu_failed(e: sinkstar::gpu::GpuError) -> ! {
+    panic!("kernel tests need a GPU adapter (lavapipe natively, WebGPU in the browser): {e}")
+}
+
+/// The device every test shares (native tests run on threads of one process).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn gpu() -> &'static Gpu {
+    use std::sync::OnceLock;
     static GPU: OnceLock<Gpu> = OnceLock::new();
+    // Blocking is fine here: native tests run their bodies under pollster.
     GPU.get_or_init(|| {
-        Gpu::new_blocking(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("kernel tests need a GPU adapter (lavapipe will do): {e}"))
+        Gpu::new_blocking(&GpuOptions::default()).unwrap_or_else(|e| open_gpu_failed(e))
     })
+}
+
+/// The device every test of the page shares. wgpu's web types are neither `Send` nor `Sync`,
+/// so it lives in a thread-local (the page has one thread), leaked to be `'static`.
+#[cfg(target_arch = "wasm32")]
+pub async fn gpu() -> &'static Gpu {
+    use std::cell::OnceCell;
+    thread_local! {
+        static GPU: OnceCell<&'static Gpu> = const { OnceCell::new() };
+    }
+    if let Some(gpu) = GPU.with(|cell| cell.get().copied()) {
+        return gpu;
+    }
+    let opened = Gpu::new(&GpuOptions::default())
+        .await
+        .unwrap_or_else(|e| open_gpu_failed(e));
+    // The browser's WebGPU, never a fallback (e.g. WebGL, should wgpu's feature be enabled).
+    assert_eq!(
+        opened.info.backend,
+        wgpu::Backend::BrowserWebGpu,
+        "kernel tests in the browser need WebGPU, got {:?}",
+        opened.info
+    );
+    // Tests run one at a time, but if two ever raced here, the second device is dropped.
+    GPU.with(|cell| *cell.get_or_init(|| Box::leak(Box::new(opened))))
 }
 
 pub fn rng(seed: u64) -> StdRng {
@@ -97,4 +180,26 @@ pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) {
         }
     }
     gpu.queue.submit([encoder.finish()]);
+}
+
+/// `n_elems` f32 values from the start of `buffer`, after all submitted work (awaited: the
+/// browser cannot block). A wgpu error raised since the last readback fails the test here.
+pub async fn read_f32(gpu: &Gpu, buffer: &wgpu::Buffer, n_elems: usize) -> Vec<f32> {
+    let bytes = gpu
+        .read("f32 readback", buffer, 0, n_elems as u64 * 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A Vec<u8> need not be 4-aligned, so decode rather than cast.
+    let words = bytes.chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
+    words.map(f32::from_le_bytes).collect()
+}
+
+/// `n_elems` u32 values from the start of `buffer`, as [`read_f32`].
+pub async fn read_u32(gpu: &Gpu, buffer: &wgpu::Buffer, n_elems: usize) -> Vec<u32> {
+    let bytes = gpu
+        .read("u32 readback", buffer, 0, n_elems as u64 * 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let words = bytes.chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
+    words.map(u32::from_le_bytes).collect()
 }

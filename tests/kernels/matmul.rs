@@ -5,7 +5,7 @@ use sinkstar::kernels::matmul::{
 };
 use sinkstar::model::quant::quantize;
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol};
+use crate::{arena_with, assert_close, random_vec, read_f32, rng, run, Tol, BROWSER};
 
 /// Both sides decode the same blocks, so only the summation order (and the shader's fused
 /// `d * q + m`) differs. With x and W in [-1, 1] the largest difference seen over these shapes
@@ -57,9 +57,10 @@ fn random_weight(seed: u64, format: WeightFormat, n_in: usize, n_out: usize) -> 
 
 /// Runs every kernel in `kernels` (all of one format) on one random problem and compares it with
 /// `matmul_cpu`. Vec kernels are skipped where x does not fit their uniform buffer.
-fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out: usize) {
+async fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out: usize) {
     let format = kernels[0].variant().format;
-    let seed = (n_rows * 1_000_003 + n_in * 1009 + n_out) as u64;
+    // In u64: usize is 32 bits on wasm32, and the grid-spill test has 2^18 rows.
+    let seed = n_rows as u64 * 1_000_003 + n_in as u64 * 1009 + n_out as u64;
     let weight_bytes = random_weight(seed, format, n_in, n_out);
     let mut rng = rng(seed + 1);
     let x = random_vec(&mut rng, n_rows * n_in, 1.0);
@@ -80,7 +81,7 @@ fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out:
             .dispatch(gpu, arena.binding(slot), &weight, &x_buf, &out, shape)
             .unwrap();
         run(gpu, &[&dispatch]);
-        let got = gpu.read_f32(&out, n_rows * n_out).unwrap();
+        let got = read_f32(gpu, &out, n_rows * n_out).await;
         let mut want = out_before.clone();
         matmul_cpu(
             format,
@@ -97,45 +98,59 @@ fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out:
     }
 }
 
-#[test]
-fn matmul_matches_cpu() {
-    let gpu = gpu();
+gpu_test!(matmul_matches_cpu);
+async fn matmul_matches_cpu(gpu: &Gpu) {
+    // One block, an odd number of blocks, the model's width; float formats (one weight per
+    // block) also get rows that end inside a chunk of 32 (the kernels' tail loop).
+    // Rows and outputs: 1 and a prime below the workgroup width, and sizes past one workgroup
+    // and one tile. The browser keeps, per format, an odd number of blocks (and a tail), a
+    // single row and a prime past one tile, and outputs below and past one workgroup.
+    let (block_widths, float_widths, row_counts, out_counts): (
+        &[usize],
+        &[usize],
+        &[usize],
+        &[usize],
+    ) = if BROWSER {
+        (&[96], &[36], &[1, 7], &[5, 67])
+    } else {
+        (
+            &[32, 96, 576],
+            &[4, 36, 100],
+            &[1, 2, 7, 33],
+            &[1, 5, 67, 192],
+        )
+    };
     for format in WeightFormat::ALL {
         let kernels = kernels(gpu, format);
-        // One block, an odd number of blocks, the model's width; float formats (one weight per
-        // block) also get rows that end inside a chunk of 32 (the kernels' tail loop).
-        let mut widths = vec![32, 96, 576];
+        let mut widths = block_widths.to_vec();
         if format.block_elems() == 1 {
-            widths.extend([4, 36, 100]);
+            widths.extend(float_widths);
         }
-        // 1 and a prime below the workgroup width, and sizes past one workgroup and one tile.
-        for n_rows in [1, 2, 7, 33] {
+        for &n_rows in row_counts {
             for &n_in in &widths {
-                for n_out in [1, 5, 67, 192] {
-                    check_shape(gpu, &kernels, n_rows, n_in, n_out);
+                for &n_out in out_counts {
+                    check_shape(gpu, &kernels, n_rows, n_in, n_out).await;
                 }
             }
         }
     }
 }
 
-#[test]
-fn matmul_matches_cpu_on_model_shapes() {
-    let gpu = gpu();
+gpu_test!(matmul_matches_cpu_on_model_shapes);
+async fn matmul_matches_cpu_on_model_shapes(gpu: &Gpu) {
     for format in WeightFormat::ALL {
         let kernels = kernels(gpu, format);
         // ffn_gate / ffn_up of the default model, a prefill of 5 tokens.
-        check_shape(gpu, &kernels, 5, 576, 1536);
+        check_shape(gpu, &kernels, 5, 576, 1536).await;
         if format == WeightFormat::Q8_0 {
             // The tied LM head: 49152 outputs need a 2-D grid.
-            check_shape(gpu, &kernels, 1, 576, 49152);
+            check_shape(gpu, &kernels, 1, 576, 49152).await;
         }
     }
 }
 
-#[test]
-fn matmul_spills_grid_into_y() {
-    let gpu = gpu();
+gpu_test!(matmul_spills_grid_into_y);
+async fn matmul_spills_grid_into_y(gpu: &Gpu) {
     // More row tiles than one grid dimension holds (65535 on lavapipe), kept cheap with tiny
     // rows; 3 rows past a whole tile.
     let (n_in, n_out) = (4, 1);
@@ -146,12 +161,11 @@ fn matmul_spills_grid_into_y() {
         .into_iter()
         .filter(|k| k.variant().kind == MatmulKind::Tile)
         .collect();
-    check_shape(gpu, &kernels, n_rows, n_in, n_out);
+    check_shape(gpu, &kernels, n_rows, n_in, n_out).await;
 }
 
-#[test]
-fn matmul_rejects_bad_shapes_with_typed_errors() {
-    let gpu = gpu();
+gpu_test!(matmul_rejects_bad_shapes_with_typed_errors);
+async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let format = WeightFormat::Q4_1;
 
     // A weight of the wrong length, before upload: the error names the shape.

@@ -1,10 +1,10 @@
+use sinkstar::gpu::Gpu;
 use sinkstar::kernels::rms_norm::{rms_norm_cpu, Params, RmsNorm};
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, TOL_REDUCTION};
+use crate::{arena_with, assert_close, random_vec, read_f32, rng, run, TOL_REDUCTION};
 
-#[test]
-fn rms_norm_matches_cpu() {
-    let gpu = gpu();
+gpu_test!(rms_norm_matches_cpu);
+async fn rms_norm_matches_cpu(gpu: &Gpu) {
     let kernel = RmsNorm::new(gpu).unwrap();
     let mut rng = rng(7);
     // 1, a prime, a non-multiple of the workgroup size, the model's width.
@@ -42,7 +42,7 @@ fn rms_norm_matches_cpu() {
             )
             .unwrap();
         run(gpu, &[&dispatch]);
-        let got = gpu.read_f32(&out, n_rows * dim).unwrap();
+        let got = read_f32(gpu, &out, n_rows * dim).await;
         let mut want = vec![0.0; n_rows * dim];
         rms_norm_cpu(&x[first_row * dim..], &weight, eps, &mut want);
         assert_close(

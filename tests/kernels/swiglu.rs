@@ -1,6 +1,7 @@
+use sinkstar::gpu::Gpu;
 use sinkstar::kernels::swiglu::{swiglu_cpu, Params, Swiglu};
 
-use crate::{arena_with, assert_close, gpu, random_vec, rng, run, Tol};
+use crate::{arena_with, assert_close, random_vec, read_f32, rng, run, Tol};
 
 /// Elementwise, but WGSL's `exp` may differ from Rust's by a few ulp.
 const TOL: Tol = Tol {
@@ -8,9 +9,8 @@ const TOL: Tol = Tol {
     rel: 1e-5,
 };
 
-#[test]
-fn swiglu_matches_cpu() {
-    let gpu = gpu();
+gpu_test!(swiglu_matches_cpu);
+async fn swiglu_matches_cpu(gpu: &Gpu) {
     let kernel = Swiglu::new(gpu).unwrap();
     let mut rng = rng(11);
     for (n_rows, hidden_dim) in [(1, 1), (3, 13), (7, 100), (2, 1536)] {
@@ -40,7 +40,7 @@ fn swiglu_matches_cpu() {
             )
             .unwrap();
         run(gpu, &[&dispatch]);
-        let got = gpu.read_f32(&out, n_rows * hidden_dim).unwrap();
+        let got = read_f32(gpu, &out, n_rows * hidden_dim).await;
         let mut want = vec![0.0; n_rows * hidden_dim];
         swiglu_cpu(&gate_up, hidden_dim, &mut want);
         assert_close(&format!("swiglu {n_rows}x{hidden_dim}"), &got, &want, TOL);
