@@ -6,9 +6,13 @@ The first reply ("What is the capital of France?", 37 prompt tokens, greedy) run
 prefill includes compiling every pipeline on first use (Chromium: WGSL to SPIR-V to
 SwiftShader's JIT). The browser's later turns (long prompts, short replies, pipelines warm)
 give its steady prefill and decode rates. Needs target/debug/sinkstar, pkg/wasm (scripts/
-build-wasm.sh) and tests/browser/node_modules. Usage: python3 scripts/browser_speed.py
+build-wasm.sh) and tests/browser/node_modules.
+Usage: python3 scripts/browser_speed.py [--long] [--from FILE]
+  --long       the e2e test's --long run (default 4 + 2044 ring, past 2,400 tokens)
+  --from FILE  the JSON line an earlier e2e run printed, instead of running it
 """
 
+import argparse
 import json
 import os
 import pathlib
@@ -22,9 +26,17 @@ def rate(tokens, secs):
 
 
 def main():
-    env = dict(os.environ, WGPU_BACKEND=os.environ.get("WGPU_BACKEND", "vulkan"))
-    out = subprocess.run(["node", "tests/browser/e2e.mjs"], cwd=ROOT, env=env, check=True,
-                         stdout=subprocess.PIPE, text=True).stdout
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--long", action="store_true")
+    p.add_argument("--from", dest="source", type=pathlib.Path)
+    args = p.parse_args()
+    if args.source:
+        out = args.source.read_text()
+    else:
+        env = dict(os.environ, WGPU_BACKEND=os.environ.get("WGPU_BACKEND", "vulkan"))
+        cmd = ["node", "tests/browser/e2e.mjs"] + (["--long"] if args.long else [])
+        out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE,
+                             text=True).stdout
     run = json.loads(out.strip().splitlines()[-1])
     browser, native, turns = run["browser"], run["native"], run["turns"]
     print(f"Browser: {run['adapter']}; native: {native['adapter']} (Vulkan).\n")
