@@ -55,6 +55,8 @@ export interface ModelInfo {
   };
   /** GPU memory the runtime has allocated, in bytes. */
   gpuBytes: number;
+  /** Every open chat's policy and cache fill, in the order the chats were made. */
+  chats: ChatInfo[];
 }
 
 /** How the KV cache keeps the conversation. */

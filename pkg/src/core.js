@@ -229,11 +229,16 @@ export class Model {
   }
 
   /**
-   * The adapter, the model's shape and the GPU memory in use.
+   * The adapter and its features, the model's shape, the GPU memory in use, and each open
+   * chat's policy and cache fill (its `chat.info()`, after any step it is running).
    * @returns {Promise<object>}
    */
   async info() {
-    return JSON.parse(this.#live().info());
+    const info = JSON.parse(this.#live().info());
+    // A chat whose options were refused holds no cache: it is left out, not an error here.
+    const chats = await Promise.allSettled([...this.#chats].map((chat) => chat.info()));
+    info.chats = chats.filter((c) => c.status === 'fulfilled').map((c) => c.value);
+    return info;
   }
 
   /**

@@ -132,6 +132,12 @@ async function main() {
 
   await step('abort', () => aborted(direct.chat));
 
+  await step('model info with its chat', async () => {
+    const { chats } = await model.info();
+    expect(chats.length === 1 && chats[0].policy === 'sink' && chats[0].seen > 0, 'the chat\'s policy and fill');
+    return { chats: chats.length, seen: chats[0].seen };
+  });
+
   await step('option errors', async () => {
     await expectError('options', model.chat({ attention: { policy: 'bogus' } }).info());
     const chat = model.chat();
