@@ -1,11 +1,18 @@
 // attention: out[r, h] = Σ_s softmax_s(scale · <R(q_pos) q[r, h], R(k_pos) k_cache[s, g]>) v_cache[s, g],
 // g = h / (n_heads / n_kv_heads), over the slots s < n_slots whose token u = slot_token[s] is visible to the
-// row's token t = first_token + r: the sinks u < n_sink plus the last `window` tokens up to t.
+// row's token t = first_token + r: the sinks u < n_sink plus the last `window` tokens up to t; and, when
+// `block` > 0 (Star Attention's phase 1), only if u < anchor or u is in t's block (u / block == t / block).
+// Also lse[r, h] = log Σ_s exp(score_s), the log-sum-exp of the visible scores (NEG_BIG if none), so that
+// attentions over disjoint key sets can be merged exactly (attention_merge.wgsl).
 // One workgroup per (row, head). Thread j walks slots j, j + WG_SIZE, … with its own online-softmax state
 // (running max, sum, accumulator) and no barrier; the WG_SIZE states are merged once at the end. Keys are
 // cached raw and rotated here at their cache position, with cos/sin from the `rope` table.
+// With a block mask the slots must hold tokens in ascending order (empty slots last), as a dense cache
+// filled in text order does: then the anchor's and t's block's slots are two ranges found by binary
+// search, and only those are walked, so a row costs O(anchor + block), not O(n_slots).
 // Flags: none. Overrides: WG_SIZE, MAX_HALF_DIM (bound on head_dim / 2), ACC_ELEMS (= WG_SIZE * MAX_HALF_DIM).
-// Spec: sink-window.md §3 (visibility, cache positions) and §4 option A (raw keys rotated at attention time).
+// Spec: sink-window.md §3 (visibility, cache positions) and §4 option A (raw keys rotated at attention time);
+// star.md §3 (the single-pass phase-1 mask) and §4 (partial attention and its LSE).
 
 #include "common/rope.wgsl"
 
@@ -27,9 +34,9 @@ struct Params {
     n_sink: u32,
     window: u32,
     scale: f32,
+    block: u32,
+    anchor: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 // Vectors are read as adjacent pairs, the unit RoPE rotates (head_dim is even, checked on the host).
@@ -40,6 +47,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> slot_token: array<u32>;      // [capacity], 0xffffffff where no token
 @group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;      // [n_pos, head_dim / 2] of (cos θ, sin θ)
 @group(0) @binding(6) var<storage, read_write> out: array<vec2<f32>>; // [n_rows, n_heads, head_dim / 2]
+@group(0) @binding(7) var<storage, read_write> lse: array<f32>;       // [n_rows, n_heads]
 
 // This head's query rotated to q_pos; every thread reads all of it.
 var<workgroup> q_rot: array<vec2<f32>, MAX_HALF_DIM>;
@@ -48,6 +56,21 @@ var<workgroup> q_rot: array<vec2<f32>, MAX_HALF_DIM>;
 var<workgroup> acc: array<vec2<f32>, ACC_ELEMS>;
 var<workgroup> max_part: array<f32, WG_SIZE>;
 var<workgroup> sum_part: array<f32, WG_SIZE>;
+
+// The first slot in 0..n_slots whose token is >= `token` (n_slots if none), for ascending slot_token.
+fn first_slot_from(token: u32) -> u32 {
+    var lo = 0u;
+    var hi = params.n_slots;
+    while lo < hi {
+        let mid = (lo + hi) / 2u;
+        if slot_token[mid] < token {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -84,7 +107,22 @@ fn main(
     for (var i = 0u; i < half; i++) {
         acc[i * WG_SIZE + lid] = vec2<f32>(0.0);
     }
-    for (var s = lid; s < params.n_slots; s += WG_SIZE) {
+    // The slots walked: 0..n_first, then from_second..to_second. Without a block mask that is every
+    // slot; with one, the anchor's tokens (those before t's block only: inside it they are t's own
+    // block) and t's block up to t, which excludes the future tokens of a chunk too.
+    var n_first = params.n_slots;
+    var from_second = 0u;
+    var to_second = 0u;
+    if params.block > 0u {
+        let block_start = t - t % params.block;
+        n_first = first_slot_from(min(params.anchor, block_start));
+        from_second = first_slot_from(block_start);
+        // t + 1 does not overflow: first_token + n_rows < 2^32 is checked on the host.
+        to_second = first_slot_from(t + 1u);
+    }
+    let n_walk = n_first + (to_second - from_second);
+    for (var i = lid; i < n_walk; i += WG_SIZE) {
+        let s = select(from_second + (i - n_first), i, i < n_first);
         let u = slot_token[s];
         // Not visible: an empty slot (0xffffffff is above every token: first_token + n_rows < 2^32 is
         // checked on the host), a future token, or a non-sink older than the window. For u <= t,
@@ -131,8 +169,11 @@ fn main(
     for (var j = 0u; j < WG_SIZE; j++) {
         sum_all += sum_part[j];
     }
-    // A row that sees no key has sum_all = 0 and gets zeros, not 0/0.
+    // A row that sees no key has sum_all = 0 and gets zeros, not 0/0, and the empty LSE.
     let inv_sum = select(0.0, 1.0 / sum_all, sum_all > 0.0);
+    if lid == 0u {
+        lse[row_head] = select(NEG_BIG, max_all + log(sum_all), sum_all > 0.0);
+    }
     for (var i = lid; i < half; i += WG_SIZE) {
         var total = vec2<f32>(0.0);
         for (var j = 0u; j < WG_SIZE; j++) {

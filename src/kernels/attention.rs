@@ -1,9 +1,12 @@
 //! attention: softmax attention of raw queries over a slot-addressed KV cache of raw keys, with
-//! RoPE applied inside the kernel at cache positions (sink-window.md §3, option A of §4).
+//! RoPE applied inside the kernel at cache positions (sink-window.md §3, option A of §4), and
+//! the log-sum-exp of each (row, head)'s scores beside its output.
 //!
 //! Dense causal attention is the special case `n_sink >= every token index, window = 1` (then
 //! `q_pos = t` and `k_pos = u`); a sink-window policy uses the same kernel with real `n_sink` and
-//! `window`. Which slot holds which token (`slot_token`) is decided by the host policy in
+//! `window`. Star Attention's phase 1 (star.md §3) is dense attention plus a block mask
+//! (`block`, `anchor`); its phase 2 over several partitions is this kernel on each partition's
+//! cache, the outputs combined by `attention_merge` through their LSEs. Which slot holds which token (`slot_token`) is decided by the host policy in
 //! `crate::attention`; this module only computes. Also here: the RoPE table and the CPU rotation
 //! ([`rope_table`], [`rope_cpu`]) that the CPU forward pass shares.
 
@@ -16,6 +19,10 @@ use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
 
 /// `slot_token` value of a slot that holds no token.
 pub const EMPTY_SLOT: u32 = u32::MAX;
+
+/// The LSE of a (row, head) that saw no key: a finite stand-in for −∞ (WGSL has no infinity
+/// literal) that `attention_merge` treats as an empty partition.
+pub const EMPTY_LSE: f32 = -3.0e38;
 
 /// Errors of the attention kernels (attention and kv_write): shapes the kernels cannot run and
 /// buffers too small for the shape.
@@ -31,6 +38,8 @@ pub enum AttentionError {
     SinkWindow { n_sink: u32, window: u32 },
     #[error("attention: tokens {first_token}..+{n_rows} overflow u32")]
     TokenRange { first_token: u32, n_rows: u32 },
+    #[error("attention: an anchor of {anchor} tokens is longer than the {block}-token block")]
+    Anchor { anchor: u32, block: u32 },
     #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
     BufferSize {
         kernel: &'static str,
@@ -60,9 +69,12 @@ pub struct Params {
     pub window: u32,
     /// Softmax scale, `1 / sqrt(head_dim)` for Llama.
     pub scale: f32,
+    /// Star Attention's phase-1 mask when above 0: token `t` sees `u` only if `u < anchor` or
+    /// `u / block == t / block`. Needs `slot_token` ascending over `0..n_slots` (empty last).
+    pub block: u32,
+    /// The anchor: tokens `0..anchor` (at most `block`), visible from every block.
+    pub anchor: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
 }
 
 impl Params {
@@ -95,6 +107,12 @@ impl Params {
             return Err(AttentionError::TokenRange {
                 first_token: self.first_token,
                 n_rows: self.n_rows,
+            });
+        }
+        if self.block > 0 && self.anchor > self.block {
+            return Err(AttentionError::Anchor {
+                anchor: self.anchor,
+                block: self.block,
             });
         }
         Ok(())
@@ -183,6 +201,7 @@ impl Variant {
                 Binding::Read,
                 Binding::Read,
                 Binding::ReadWrite,
+                Binding::ReadWrite,
             ],
         })
     }
@@ -206,6 +225,9 @@ pub struct Buffers<'a> {
     pub rope: &'a wgpu::Buffer,
     /// `[n_rows, n_heads, head_dim]`.
     pub out: &'a wgpu::Buffer,
+    /// `[n_rows, n_heads]`: the log-sum-exp of each row and head's scores, [`EMPTY_LSE`] if it
+    /// saw no key.
+    pub lse: &'a wgpu::Buffer,
 }
 
 pub struct Attention {
@@ -278,6 +300,11 @@ impl Attention {
             ("slot_token", buffers.slot_token, u64::from(params.n_slots)),
             ("rope", buffers.rope, u64::from(params.n_pos()) * hd),
             ("out", buffers.out, rows),
+            (
+                "lse",
+                buffers.lse,
+                u64::from(params.n_rows) * u64::from(params.n_heads),
+            ),
         ] {
             check_size("attention", what, buffer, n_elems)?;
         }
@@ -293,6 +320,7 @@ impl Attention {
                     buffers.slot_token.as_entire_binding(),
                     buffers.rope.as_entire_binding(),
                     buffers.out.as_entire_binding(),
+                    buffers.lse.as_entire_binding(),
                 ],
             )?,
             workgroups: Attention::grid(gpu, params.n_rows, params.n_heads)?,
@@ -358,13 +386,15 @@ pub fn rope_cpu(x_head: &mut [f32], pos: usize, table: &[f32]) {
     }
 }
 
-/// CPU reference, written from sink-window.md §3 rather than from the kernel: per row it rebuilds
-/// the list of visible keys with their cache positions (in signed arithmetic, exactly as the spec
-/// writes the formulas), rotates the query and each key with [`rope_cpu`], and takes a
-/// max-subtracted softmax. A row that sees no key gets zeros.
+/// CPU reference, written from sink-window.md §3 and star.md §3 rather than from the kernel:
+/// per row it checks every slot against the visibility rules and rebuilds the list of visible
+/// keys with their cache positions (in signed arithmetic, exactly as the spec writes the
+/// formulas), rotates the query and each key with [`rope_cpu`], and takes a max-subtracted
+/// softmax; the LSE is `max + ln(sum)`. A row that sees no key gets zeros and [`EMPTY_LSE`].
 ///
 /// `q`, `out`: `[n_rows, n_heads, head_dim]`; `k_cache`, `v_cache`: `[capacity, n_kv_heads,
-/// head_dim]`; `slot_token`: `[capacity]`; `rope`: from [`rope_table`].
+/// head_dim]`; `slot_token`: `[capacity]`; `rope`: from [`rope_table`]. Returns the LSEs,
+/// `[n_rows, n_heads]`.
 pub fn attention_cpu(
     params: &Params,
     q: &[f32],
@@ -373,12 +403,13 @@ pub fn attention_cpu(
     slot_token: &[u32],
     rope: &[f32],
     out: &mut [f32],
-) {
+) -> Vec<f32> {
     let hd = params.head_dim as usize;
     let n_heads = params.n_heads as usize;
     let n_kv_heads = params.n_kv_heads as usize;
     let group = n_heads / n_kv_heads;
     let (sinks, window) = (i64::from(params.n_sink), i64::from(params.window));
+    let mut lse = vec![EMPTY_LSE; params.n_rows as usize * n_heads];
     for r in 0..params.n_rows as usize {
         let t = i64::from(params.first_token) + r as i64;
         let lo = sinks.max(t - window + 1);
@@ -391,7 +422,11 @@ pub fn attention_cpu(
             }
             let u = i64::from(u);
             // Spec: u >= t - W + 1, i.e. u among the last W tokens up to t.
-            if u <= t && (u < sinks || u > t - window) {
+            let in_window = u <= t && (u < sinks || u > t - window);
+            // star.md §3: allowed(t, u) = block(u) == block(t) or u < a.
+            let (block, anchor) = (i64::from(params.block), i64::from(params.anchor));
+            let in_star_mask = block == 0 || u < anchor || u / block == t / block;
+            if in_window && in_star_mask {
                 let k_pos = if u < sinks { u } else { sinks + (u - lo) };
                 visible.push((slot, k_pos as usize));
             }
@@ -413,6 +448,9 @@ pub fn attention_cpu(
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
             let sum: f32 = weights.iter().sum();
+            if !visible.is_empty() {
+                lse[r * n_heads + h] = max + sum.ln();
+            }
             let out_head = &mut out[at..at + hd];
             out_head.fill(0.0);
             for (&(slot, _), w) in visible.iter().zip(&weights) {
@@ -423,4 +461,5 @@ pub fn attention_cpu(
             }
         }
     }
+    lse
 }

@@ -6,6 +6,7 @@ use crate::gpu::preprocess::preprocess;
 use crate::gpu::{GpuError, PipelineSpec};
 
 pub mod attention;
+pub mod attention_merge;
 pub mod embed;
 pub mod kv_write;
 pub mod matmul;
@@ -23,6 +24,7 @@ macro_rules! shader_table {
 /// A new file (including one under `common/`) must be listed here.
 pub const SHADERS: &[(&str, &str)] = shader_table![
     "attention.wgsl",
+    "attention_merge.wgsl",
     "common/quant.wgsl",
     "common/rope.wgsl",
     "embed.wgsl",
@@ -42,6 +44,7 @@ pub fn shader_source(file: &str, defines: &[&str]) -> Result<String, GpuError> {
 pub fn all_variants() -> Vec<Result<PipelineSpec, GpuError>> {
     [
         attention::variants(),
+        attention_merge::variants(),
         embed::variants(),
         kv_write::variants(),
         matmul::variants(),

@@ -55,6 +55,7 @@ struct Buffers {
     k: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
     v: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
     att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
+    lse: TrackedBuffer,    // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
     gate_up: TrackedBuffer, // [max_chunk, 2 * hidden_dim]
     act: TrackedBuffer,    // [max_chunk, hidden_dim]
     h_last: TrackedBuffer, // [max_chunk, dim] normed rows the LM head reads
@@ -207,6 +208,7 @@ impl Session {
             k: storage("k", bytes_f32(chunk * c.kv_dim()))?,
             v: storage("v", bytes_f32(chunk * c.kv_dim()))?,
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
+            lse: storage("lse", bytes_f32(chunk * c.n_heads))?,
             gate_up: storage("gate_up", bytes_f32(chunk * 2 * c.hidden_dim))?,
             act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
             h_last: matmul_input("h_last", bytes_f32(chunk * c.dim))?,
@@ -288,9 +290,9 @@ impl Session {
             n_sink: slots.kernel_window().0,
             window: slots.kernel_window().1,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
+            block: 0,
+            anchor: 0,
             _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
         };
         let kv_bound = kv_write::Params {
             n_rows: chunk32,
@@ -338,6 +340,7 @@ impl Session {
                             slot_token: &b.slot_token,
                             rope: &b.rope,
                             out: &b.att,
+                            lse: &b.lse,
                         },
                     )?,
                     o: matmul(p.o, &w.wo, &b.att, &b.x, chunk32, true)?,
@@ -747,9 +750,9 @@ impl Session {
                 n_sink,
                 window,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
+                block: 0,
+                anchor: 0,
                 _pad0: 0,
-                _pad1: 0,
-                _pad2: 0,
             },
         )?;
         arena.set(

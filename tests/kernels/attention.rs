@@ -1,9 +1,10 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
     attention_cpu, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params, Variant,
-    EMPTY_SLOT,
+    EMPTY_LSE, EMPTY_SLOT,
 };
 
 use crate::{
@@ -53,6 +54,9 @@ struct Case {
     first_token: u32,
     n_sink: u32,
     window: u32,
+    /// Star Attention's block mask (0: none) and anchor.
+    block: u32,
+    anchor: u32,
     n_slots: usize,
     /// `[capacity]`, may be longer than `n_slots`.
     slot_token: Vec<u32>,
@@ -78,9 +82,9 @@ impl Case {
             n_sink: self.n_sink,
             window: self.window,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
+            block: self.block,
+            anchor: self.anchor,
             _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
         }
     }
 
@@ -104,6 +108,11 @@ impl Case {
     }
 
     async fn run_gpu(&self, gpu: &Gpu, inputs: &Inputs) -> Vec<f32> {
+        self.run_gpu_with_lse(gpu, inputs).await.0
+    }
+
+    /// The output `[n_rows, n_heads, head_dim]` and the LSEs `[n_rows, n_heads]`.
+    async fn run_gpu_with_lse(&self, gpu: &Gpu, inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
         let params = self.params();
         let kernel = Attention::new(gpu, params.head_dim).unwrap();
         let (arena, slot) = arena_with(gpu, &params);
@@ -116,6 +125,8 @@ impl Case {
         let n_out = self.n_rows * self.n_heads * self.head_dim;
         // NaN-filled, so that an element the kernel leaves unwritten fails.
         let out = storage("out", bytemuck::cast_slice(&vec![f32::NAN; n_out]));
+        let n_lse = self.n_rows * self.n_heads;
+        let lse = storage("lse", bytemuck::cast_slice(&vec![f32::NAN; n_lse]));
         let buffers = Buffers {
             q: &q,
             k_cache: &k_cache,
@@ -123,17 +134,25 @@ impl Case {
             slot_token: &slot_token,
             rope: &rope,
             out: &out,
+            lse: &lse,
         };
         let dispatch = kernel
             .dispatch(gpu, arena.binding(slot), &params, &buffers)
             .unwrap();
         run(gpu, &[&dispatch]);
-        read_f32(gpu, &out, n_out).await
+        (
+            read_f32(gpu, &out, n_out).await,
+            read_f32(gpu, &lse, n_lse).await,
+        )
     }
 
     fn run_cpu(&self, inputs: &Inputs) -> Vec<f32> {
+        self.run_cpu_with_lse(inputs).0
+    }
+
+    fn run_cpu_with_lse(&self, inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
         let mut out = vec![0.0; self.n_rows * self.n_heads * self.head_dim];
-        attention_cpu(
+        let lse = attention_cpu(
             &self.params(),
             &inputs.q,
             &inputs.k_cache,
@@ -142,7 +161,7 @@ impl Case {
             &self.rope(),
             &mut out,
         );
-        out
+        (out, lse)
     }
 
     fn label(&self) -> String {
@@ -150,10 +169,14 @@ impl Case {
         format!("{} {}", variant.label(), self.name)
     }
 
+    /// Output and LSE against the CPU reference.
     async fn check_against_cpu(&self, gpu: &Gpu, rng: &mut StdRng) {
         let inputs = self.random_inputs(rng);
-        let got = self.run_gpu(gpu, &inputs).await;
-        assert_close(&self.label(), &got, &self.run_cpu(&inputs), TOL_ATTENTION);
+        let (got, got_lse) = self.run_gpu_with_lse(gpu, &inputs).await;
+        let (want, want_lse) = self.run_cpu_with_lse(&inputs);
+        assert_close(&self.label(), &got, &want, TOL_ATTENTION);
+        let label = format!("{} lse", self.label());
+        assert_close(&label, &got_lse, &want_lse, TOL_ATTENTION);
     }
 }
 
@@ -183,6 +206,8 @@ fn dense_case(
         // Every token is a sink: q_pos = t and k_pos = u, plain dense attention.
         n_sink: slot_token.len() as u32,
         window: 1,
+        block: 0,
+        anchor: 0,
         n_slots: n_tokens,
         slot_token,
     }
@@ -226,6 +251,8 @@ fn ring_case(
         first_token: last_token + 1 - n_rows,
         n_sink,
         window,
+        block: 0,
+        anchor: 0,
         n_slots: slot_token.len(),
         slot_token,
     }
@@ -404,6 +431,15 @@ async fn attention_row_without_visible_keys_is_zero(gpu: &Gpu) {
     let zeros = vec![0.0; got.len()];
     assert_close(&case.label(), &got, &zeros, TOL_EXACT);
     assert_close(&case.label(), &case.run_cpu(&inputs), &zeros, TOL_EXACT);
+    let (_, lse) = case.run_gpu_with_lse(gpu, &inputs).await;
+    let empty = vec![EMPTY_LSE; lse.len()];
+    assert_close(&format!("{} lse", case.label()), &lse, &empty, TOL_EXACT);
+    assert_close(
+        "cpu lse",
+        &case.run_cpu_with_lse(&inputs).1,
+        &empty,
+        TOL_EXACT,
+    );
 }
 
 gpu_test!(attention_ignores_which_slot_holds_a_token);
@@ -599,6 +635,18 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
             Err(AttentionError::SinkWindow { .. })
         ));
     }
+    let long_anchor = Params {
+        block: 8,
+        anchor: 9,
+        ..params
+    };
+    assert!(matches!(
+        long_anchor.validate(64),
+        Err(AttentionError::Anchor {
+            anchor: 9,
+            block: 8
+        })
+    ));
     // A rope table one position short of what the rows need.
     let kernel = Attention::new(gpu, 64).unwrap();
     let (arena, slot) = arena_with(gpu, &params);
@@ -612,6 +660,7 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         slot_token: &big,
         rope: &rope,
         out: &big,
+        lse: &big,
     };
     let err = kernel
         .dispatch(gpu, arena.binding(slot), &params, &buffers)
@@ -621,4 +670,189 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         matches!(err, AttentionError::BufferSize { what: "rope", .. }),
         "{err}"
     );
+}
+
+/// Star Attention's phase 1 (star.md §3): tokens `0..n_tokens` in a dense cache filled in text
+/// order (ascending, as the block mask requires) with three empty slots after them, scanned
+/// too; the rows are the last `n_rows` tokens.
+fn star_case(
+    n_rows: usize,
+    heads: (usize, usize),
+    head_dim: usize,
+    n_tokens: usize,
+    block: u32,
+    anchor: u32,
+) -> Case {
+    let mut slot_token: Vec<u32> = (0..n_tokens as u32).collect();
+    slot_token.extend([EMPTY_SLOT; 3]);
+    Case {
+        name: format!(
+            "star block {block} anchor {anchor} rows {n_rows} tokens {n_tokens} heads {}/{} \
+             head_dim {head_dim}",
+            heads.0, heads.1
+        ),
+        n_rows,
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim,
+        first_token: (n_tokens - n_rows) as u32,
+        n_sink: slot_token.len() as u32,
+        window: 1,
+        block,
+        anchor,
+        n_slots: slot_token.len(),
+        slot_token,
+    }
+}
+
+gpu_test!(attention_star_mask_matches_cpu);
+/// star.md §7.8: blocks of 1, 13 and 70 tokens (not workgroup multiples), anchors of 0, 1,
+/// half and a whole block, contexts not a multiple of the block, rows straddling blocks.
+async fn attention_star_mask_matches_cpu(gpu: &Gpu) {
+    let mut rng = rng(31);
+    let mut shapes = HEADS
+        .iter()
+        .flat_map(|&h| HEAD_DIMS.map(|d| (h, d)))
+        .cycle();
+    let mut cases = Vec::new();
+    for (block, anchor) in [
+        (1, 0),
+        (1, 1),
+        (13, 0),
+        (13, 1),
+        (13, 6),
+        (13, 13),
+        (70, 35),
+    ] {
+        for n_tokens in [1, 7, 100, 300] {
+            for n_rows in [1, 5, 33].into_iter().filter(|&n| n <= n_tokens) {
+                let (heads, head_dim) = shapes.next().expect("cycle never ends");
+                cases.push(star_case(n_rows, heads, head_dim, n_tokens, block, anchor));
+            }
+        }
+    }
+    let stride = if BROWSER { 7 } else { 1 };
+    for case in cases.into_iter().step_by(stride) {
+        case.check_against_cpu(gpu, &mut rng).await;
+    }
+}
+
+gpu_test!(attention_star_mask_equals_per_block_form);
+/// star.md §3 and §7.4 for one layer: the masked single pass equals, block by block, plain
+/// causal attention over the sequence `[anchor ; block]` alone (the reference's per-block
+/// form), with the same keys and values at the original positions; a context of 91 tokens in
+/// blocks of 30 ends in a block of one token.
+async fn attention_star_mask_equals_per_block_form(gpu: &Gpu) {
+    let mut rng = rng(32);
+    let (n_tokens, block) = (91usize, 30u32);
+    for anchor in [1, block / 2, block] {
+        let masked = star_case(n_tokens, (9, 3), 64, n_tokens, block, anchor);
+        let inputs = masked.random_inputs(&mut rng);
+        let got = masked.run_gpu(gpu, &inputs).await;
+        let row = masked.kv_row_elems();
+        let q_row = masked.n_heads * masked.head_dim;
+        for start in (0..n_tokens).step_by(block as usize) {
+            let end = (start + block as usize).min(n_tokens);
+            // The anchor, unless it is this block's own start, then the block.
+            let keys: Vec<usize> = (0..(anchor as usize).min(start))
+                .chain(start..end)
+                .collect();
+            let mut per_block = star_case(end - start, (9, 3), 64, keys.len(), 0, 0);
+            per_block.name = format!("block {start}..{end} with anchor {anchor} alone");
+            per_block.first_token = start as u32;
+            per_block.slot_token = keys.iter().map(|&u| u as u32).collect();
+            per_block.n_slots = keys.len();
+            per_block.n_sink = n_tokens as u32;
+            let sub = Inputs {
+                q: inputs.q[start * q_row..end * q_row].to_vec(),
+                k_cache: keys
+                    .iter()
+                    .flat_map(|&u| inputs.k_cache[u * row..(u + 1) * row].to_vec())
+                    .collect(),
+                v_cache: keys
+                    .iter()
+                    .flat_map(|&u| inputs.v_cache[u * row..(u + 1) * row].to_vec())
+                    .collect(),
+            };
+            let want = per_block.run_gpu(gpu, &sub).await;
+            assert_close(
+                &per_block.label(),
+                &got[start * q_row..end * q_row],
+                &want,
+                TOL_ATTENTION,
+            );
+        }
+    }
+}
+
+gpu_test!(attention_star_one_block_is_dense);
+/// star.md §7.1 for one layer: a block at least as long as the context is dense attention,
+/// whatever the anchor.
+async fn attention_star_one_block_is_dense(gpu: &Gpu) {
+    let mut rng = rng(33);
+    let dense = star_case(40, (4, 1), 80, 40, 0, 0);
+    let inputs = dense.random_inputs(&mut rng);
+    let want = dense.run_gpu(gpu, &inputs).await;
+    for (block, anchor) in [(40, 0), (40, 40), (1000, 7)] {
+        let mut case = dense.clone();
+        (case.block, case.anchor) = (block, anchor);
+        case.name = format!("dense as star block {block} anchor {anchor}");
+        assert_close(
+            &case.label(),
+            &case.run_gpu(gpu, &inputs).await,
+            &want,
+            TOL_EXACT,
+        );
+    }
+}
+
+gpu_test!(attention_partitions_merge_to_dense);
+/// star.md §7.2, 7.3 and 7.7: phase 2 over any partition of the cache — 1, 2, 3 and 7 parts,
+/// uneven, one of them empty, slots dealt at random — merged by their LSEs equals attention
+/// over the whole cache; the 5 query rows are the last tokens, so every context key is
+/// visible to the first of them whatever part holds it.
+async fn attention_partitions_merge_to_dense(gpu: &Gpu) {
+    let mut rng = rng(34);
+    for (n_parts, heads, head_dim, n_tokens) in [
+        (1, (9, 3), 64, 37),
+        (2, (4, 1), 128, 100),
+        (3, (9, 3), 64, 100),
+        (7, (8, 8), 80, 300),
+    ] {
+        let whole = star_case(5, heads, head_dim, n_tokens, 0, 0);
+        let inputs = whole.random_inputs(&mut rng);
+        let (want, want_lse) = whole.run_gpu_with_lse(gpu, &inputs).await;
+        // Part of each slot: uneven shares at random; with 3 parts the middle one gets nothing.
+        let part_of: Vec<usize> = (0..whole.slot_token.len())
+            .map(|_| {
+                let p = rng.random_range(0..n_parts * n_parts) % n_parts;
+                if n_parts == 3 && p == 1 {
+                    2
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let (mut parts, mut parts_lse) = (Vec::new(), Vec::new());
+        for p in 0..n_parts {
+            let mut part = whole.clone();
+            part.name = format!("{} part {p} of {n_parts}", whole.name);
+            for (u, &owner) in part.slot_token.iter_mut().zip(&part_of) {
+                if owner != p {
+                    *u = EMPTY_SLOT;
+                }
+            }
+            let (out, lse) = part.run_gpu_with_lse(gpu, &inputs).await;
+            parts.extend(out);
+            parts_lse.extend(lse);
+        }
+        let (n_rows, n_heads) = (whole.n_rows, whole.n_heads);
+        let (got, got_lse) = crate::attention_merge::merge_gpu(
+            gpu, n_parts, n_rows, n_heads, head_dim, &parts, &parts_lse,
+        )
+        .await;
+        let label = format!("{} merged from {n_parts} parts", whole.label());
+        assert_close(&label, &got, &want, TOL_ATTENTION);
+        assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+    }
 }

@@ -52,6 +52,7 @@ macro_rules! cpu_test {
 }
 
 mod attention;
+mod attention_merge;
 mod embed;
 mod kv_write;
 mod matmul;
