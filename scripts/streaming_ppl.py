@@ -150,17 +150,22 @@ def main():
                      ["--attention", "recompute", "--window", str(L)], r0, recompute_tokens))
     if "sink" in only:
         for s in sinks:
-            runs.append(("sink", s, L - s, f"sink-{s}+{L - s}",
+            # S = 0 is the window policy itself (the same cache, slot for slot): one run serves
+            # both rows when both are asked for.
+            name = f"window-0+{L}" if s == 0 and "window" in only else f"sink-{s}+{L - s}"
+            runs.append(("sink", s, L - s, name,
                          ["--attention", "sink", "--sinks", str(s), "--window", str(L - s)],
                          0, args.tokens))
 
-    rows = []
+    rows, done = [], {}
     for policy, s, w, name, flags, start, tokens in runs:
-        n, ppl, full = parse(run_ppl(args, exe, name, flags, start, tokens, run_dir))
+        if name not in done:
+            done[name] = parse(run_ppl(args, exe, name, flags, start, tokens, run_dir))
+        n, ppl, full = done[name]
         stretch = stretch_ppl(run_dir / f"{name}.csv", r0, r1)
         rows.append((policy, s, w, name, n, ppl, full, stretch))
 
-    csvs = [str(run_dir / f"{name}.csv") for _, _, _, name, *_ in rows]
+    csvs = [str(run_dir / f"{name}.csv") for name in done]
     plot = args.out_dir / "streaming_ppl.png"
     subprocess.run([exe, "plot", "--out", str(plot),
                     "--title", f"Streaming perplexity, {args.text.name}, cache budget {L}",

@@ -1,5 +1,6 @@
 //! `sinkstar::Error`: one enum joining each module's own error type.
 
+use crate::attention::star::StarError;
 use crate::attention::PolicyError;
 use crate::generate::GenerateError;
 use crate::gpu::GpuError;
@@ -27,6 +28,8 @@ pub enum Error {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
+    Star(#[from] StarError),
+    #[error(transparent)]
     Sample(#[from] SampleError),
     #[error(transparent)]
     Generate(#[from] GenerateError),
@@ -45,7 +48,7 @@ impl Error {
             Error::Gpu(_) => "gpu",
             Error::Attention(_) | Error::Matmul(_) => "kernel",
             Error::Policy(PolicyError::ContextFull { .. }) => "context-full",
-            Error::Policy(_) => "policy",
+            Error::Policy(_) | Error::Star(_) => "policy",
             Error::Sample(_) => "sampling",
             Error::Generate(_) => "input",
         }

@@ -1,5 +1,6 @@
 //! The `sinkstar` binary end to end: `ppl` on the real model (scripts/fetch-model.sh puts it in
-//! $SINKSTAR_HOME, default ~/.cache/sinkstar) over a short text, and `plot` on CSV files. Run
+//! $SINKSTAR_HOME, default ~/.cache/sinkstar) over a short text, `ask` about a short document
+//! with a pass key in it, and `plot` on CSV files. Run
 //! on whatever adapter wgpu picks (lavapipe will do); `plot` needs DejaVu Sans
 //! (fonts-dejavu-core, scripts/setup.sh).
 
@@ -180,4 +181,78 @@ fn plot_overlays_csv_files() {
         err.contains("no column `ms_per_token` (columns: tokens_seen, running_ppl)"),
         "{err}"
     );
+}
+
+/// A pass key hidden in the middle of the opening of "Emma" (about 270 tokens in all).
+fn passkey_file() -> PathBuf {
+    let path = scratch("passkey.txt");
+    let (head, tail) = TEXT.split_at(TEXT.find("Sixteen years").unwrap());
+    std::fs::write(
+        &path,
+        format!("{head}The pass key is 68219. Remember it: 68219.\n\n{tail}"),
+    )
+    .unwrap();
+    path
+}
+
+fn ask_json(args: &[&str]) -> serde_json::Value {
+    let output = sinkstar(args);
+    assert!(output.status.success(), "sinkstar {args:?} failed");
+    serde_json::from_str(stdout(&output).trim()).unwrap()
+}
+
+#[test]
+fn ask_reads_a_document_in_star_blocks_and_finds_the_pass_key() {
+    let doc = passkey_file();
+    let question = "What is the pass key? Answer with the number only.";
+    for attention in ["star", "dense"] {
+        let json = ask_json(&[
+            "ask",
+            "--doc",
+            doc.to_str().unwrap(),
+            "--block",
+            "64",
+            "--doc-attention",
+            attention,
+            "--max-tokens",
+            "12",
+            "--json",
+            question,
+        ]);
+        let n_doc = json["documentTokens"].as_u64().unwrap();
+        assert!(n_doc > 192, "{json}: the document spans more than 3 blocks");
+        assert_eq!(json["attention"], attention, "{json}");
+        if attention == "star" {
+            assert_eq!(
+                json["blocks"].as_u64().unwrap(),
+                n_doc.div_ceil(64),
+                "{json}"
+            );
+        }
+        let text = json["text"].as_str().unwrap();
+        assert!(text.contains("68219"), "{attention}: {text:?}");
+    }
+}
+
+#[test]
+fn ask_refuses_bad_input_by_name() {
+    let missing = scratch("no-such-document.txt");
+    let output = sinkstar(&["ask", "--doc", missing.to_str().unwrap(), "What?"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("no-such-document.txt"), "{err}");
+    let doc = passkey_file();
+    let output = sinkstar(&[
+        "ask",
+        "--doc",
+        doc.to_str().unwrap(),
+        "--block",
+        "64",
+        "--anchor",
+        "65",
+        "What?",
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("anchor of 65 tokens"), "{err}");
 }

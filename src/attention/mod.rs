@@ -11,6 +11,13 @@
 //! The sink and window policies keep a ring of `window + max_chunk - 1` slots after the sinks
 //! (spec §5-§6): a chunk of `max_chunk` new tokens is written before its queries run, and the
 //! first query of the chunk must still find the `window - 1` tokens before it.
+//!
+//! A dense cache fills its slots in text order but may skip ahead in the text ([`KvSlots::skip_to`])
+//! and drop its first tokens ([`KvSlots::forget_before`]): a Star Attention shard (star.md §5)
+//! holds the anchor while it encodes its blocks, then only its own part of a longer text, at the
+//! text's positions.
+
+pub mod star;
 
 /// Marks a slot that holds no token yet (the kernel skips it).
 pub const EMPTY_SLOT: u32 = u32::MAX;
@@ -83,6 +90,24 @@ pub enum PolicyError {
     },
     #[error("a chunk of {n_new} tokens exceeds the ring's chunk size of {max_chunk}")]
     ChunkTooLarge { n_new: usize, max_chunk: usize },
+    #[error(
+        "the `{policy}` cache cannot skip from text token {from} to {to}: only a dense cache \
+         skips, and only forward"
+    )]
+    CannotSkip {
+        policy: &'static str,
+        from: usize,
+        to: usize,
+    },
+    #[error(
+        "text positions exhausted: tokens {first}..{end} go past the {positions} positions this \
+         session was opened for"
+    )]
+    PositionsExhausted {
+        first: usize,
+        end: usize,
+        positions: usize,
+    },
 }
 
 impl AttentionPolicy {
@@ -169,8 +194,12 @@ pub struct KvSlots {
     max_chunk: usize,
     /// Text token held by each slot, [`EMPTY_SLOT`] where none.
     slot_token: Vec<u32>,
-    /// Tokens ever written.
+    /// The next text token's index: tokens written, plus any skipped.
     n_seen: usize,
+    /// Dense: the next slot to fill (slots fill in order, whatever the text index).
+    next_free: usize,
+    /// Dense: text positions `0..positions` the cache may hold (at least its capacity).
+    positions: usize,
 }
 
 impl KvSlots {
@@ -187,7 +216,24 @@ impl KvSlots {
             max_chunk: max_chunk.max(1),
             slot_token: vec![EMPTY_SLOT; n_slots],
             n_seen: 0,
+            next_free: 0,
+            positions: policy.span(),
         })
+    }
+
+    /// A dense cache that holds text positions up to `positions` (more than its slots: it will
+    /// skip ahead). No effect on rings, whose positions stay inside the cache.
+    pub fn with_positions(mut self, positions: usize) -> KvSlots {
+        self.positions = self.positions.max(positions);
+        self
+    }
+
+    /// Text positions a query can be at, `0..positions()`: the RoPE table's rows.
+    pub fn positions(&self) -> usize {
+        match self.policy.ring() {
+            Some(_) => self.policy.span(),
+            None => self.positions,
+        }
     }
 
     pub fn policy(&self) -> AttentionPolicy {
@@ -223,19 +269,22 @@ impl KvSlots {
     /// The slot the next token will be written to (the ring's write head); `capacity()` once
     /// a dense cache is full.
     pub fn next_slot(&self) -> usize {
-        self.slot_of(self.n_seen)
+        match self.policy.ring() {
+            Some(_) => self.slot_of(self.n_seen),
+            None => self.next_free,
+        }
     }
 
     /// `(n_sink, window)` for the attention kernel.
     pub fn kernel_window(&self) -> (u32, u32) {
         match self.policy.ring() {
             Some((n_sink, window)) => (n_sink as u32, window as u32),
-            // Every slot a sink: plain causal attention at text positions.
-            None => (self.capacity() as u32, 1),
+            // Every position a sink: plain causal attention at text positions.
+            None => (self.positions as u32, 1),
         }
     }
 
-    /// The slot of text token `token`.
+    /// The slot of text token `token` in a ring (dense caches fill `next_free` instead).
     fn slot_of(&self, token: usize) -> usize {
         match self.policy.ring() {
             Some((n_sink, _)) if token >= n_sink => {
@@ -245,17 +294,27 @@ impl KvSlots {
         }
     }
 
-    /// Checks that `n_new` more tokens fit, without changing anything.
+    /// Checks that `n_new` more tokens fit, slots and positions, without changing anything.
     pub fn check_room(&self, n_new: usize) -> Result<(), PolicyError> {
-        if self.policy.ring().is_some() || self.n_seen + n_new <= self.capacity() {
+        if self.policy.ring().is_some() {
             return Ok(());
         }
-        Err(PolicyError::ContextFull {
-            seen: self.n_seen,
-            new: n_new,
-            capacity: self.capacity(),
-            policy: self.policy.name(),
-        })
+        if self.next_free + n_new > self.capacity() {
+            return Err(PolicyError::ContextFull {
+                seen: self.n_filled(),
+                new: n_new,
+                capacity: self.capacity(),
+                policy: self.policy.name(),
+            });
+        }
+        if self.n_seen + n_new > self.positions {
+            return Err(PolicyError::PositionsExhausted {
+                first: self.n_seen,
+                end: self.n_seen + n_new,
+                positions: self.positions,
+            });
+        }
+        Ok(())
     }
 
     /// Assigns slots to `n_new` tokens and records them as held. A ring takes at most
@@ -269,21 +328,69 @@ impl KvSlots {
             });
         }
         let first_token = self.n_seen as u32;
-        let slots: Vec<u32> = (self.n_seen..self.n_seen + n_new)
-            .map(|token| self.slot_of(token) as u32)
-            .collect();
+        let slots: Vec<u32> = match self.policy.ring() {
+            Some(_) => (self.n_seen..self.n_seen + n_new)
+                .map(|token| self.slot_of(token) as u32)
+                .collect(),
+            None => (self.next_free..self.next_free + n_new)
+                .map(|slot| slot as u32)
+                .collect(),
+        };
         for (i, &slot) in slots.iter().enumerate() {
             self.slot_token[slot as usize] = first_token + i as u32;
         }
         self.n_seen += n_new;
+        if self.policy.ring().is_none() {
+            self.next_free += n_new;
+        }
         Ok(Placement { first_token, slots })
     }
 
+    /// Makes `token` the next text token placed, leaving the tokens in between out of the
+    /// cache (another device holds them). Dense caches only, forward only.
+    pub fn skip_to(&mut self, token: usize) -> Result<(), PolicyError> {
+        if self.policy.ring().is_some() || token < self.n_seen {
+            return Err(PolicyError::CannotSkip {
+                policy: self.policy.name(),
+                from: self.n_seen,
+                to: token,
+            });
+        }
+        self.n_seen = token;
+        Ok(())
+    }
+
+    /// Empties the slots of text tokens `0..n_tokens` (a Star shard's borrowed anchor); their
+    /// slots are not reused.
+    pub fn forget_before(&mut self, n_tokens: usize) {
+        for token in &mut self.slot_token {
+            if (*token as usize) < n_tokens {
+                *token = EMPTY_SLOT;
+            }
+        }
+    }
+
+    /// Whether the slots hold text tokens in ascending order, empty ones last: what the
+    /// attention kernel's Star block mask needs (a dense cache before any
+    /// [`KvSlots::forget_before`]).
+    pub fn is_ascending(&self) -> bool {
+        // EMPTY_SLOT is above every token, so an empty slot before the last filled one fails.
+        let filled = &self.slot_token[..self.scan_len()];
+        filled.windows(2).all(|pair| pair[0] < pair[1])
+    }
+
     /// Whether [`KvSlots::truncate`] to `n_tokens` is possible: every token before it is still
-    /// held (always true for dense caches; for a ring, only before anything was evicted).
+    /// held (for a ring, only before anything was evicted; for a dense cache, unless it
+    /// skipped or forgot some of them).
     pub fn can_truncate(&self, n_tokens: usize) -> bool {
         let n_tokens = n_tokens.min(self.n_seen);
-        (0..n_tokens).all(|u| self.slot_token[self.slot_of(u)] == u as u32)
+        match self.policy.ring() {
+            Some(_) => (0..n_tokens).all(|u| self.slot_token[self.slot_of(u)] == u as u32),
+            None => {
+                let held = self.slot_token.iter().filter(|&&u| (u as usize) < n_tokens);
+                held.count() == n_tokens
+            }
+        }
     }
 
     /// Forgets every token from text index `n_tokens` on, so that the next token placed is
@@ -295,12 +402,15 @@ impl KvSlots {
             }
         }
         self.n_seen = self.n_seen.min(n_tokens);
+        // Dense slots fill in text order, so the dropped tokens were the last slots.
+        self.next_free = self.scan_len();
     }
 
     /// Forgets every token (a new conversation).
     pub fn reset(&mut self) {
         self.slot_token.fill(EMPTY_SLOT);
         self.n_seen = 0;
+        self.next_free = 0;
     }
 }
 

@@ -2,6 +2,8 @@
 //! through the model's chat template. The GPU work (forward pass and sampling) happens in
 //! [`crate::model::Session`]; this module only decides what to feed and when to stop.
 
+pub mod document;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;

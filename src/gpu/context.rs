@@ -341,6 +341,27 @@ impl Gpu {
         self.read_mapped(what, &staging, bytes).await
     }
 
+    /// Waits until all work submitted so far has run (e.g. to report progress between long
+    /// submissions). A wgpu error raised meanwhile is returned here.
+    pub async fn finish(&self) -> Result<(), GpuError> {
+        let fail = |message: String| GpuError::Readback {
+            what: "submitted work".to_string(),
+            message,
+        };
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        // Native backends need a poll to make progress; on the web it is a no-op.
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| fail(e.to_string()))?;
+        receiver
+            .await
+            .map_err(|_| fail("work-done callback dropped".into()))?;
+        self.check_uncaptured()
+    }
+
     /// Maps a `MAP_READ` buffer and copies its first `bytes` bytes out, then unmaps it.
     pub async fn read_mapped(
         &self,

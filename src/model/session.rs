@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::weights::{GpuModel, Weight};
 use super::ModelError;
+use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
 use crate::kernels::attention::{self, rope_table, Attention};
@@ -151,6 +152,8 @@ pub struct Session {
     ring_dirty: bool,
     /// Draws so far, mixed into the sampler's seed.
     sample_step: u32,
+    /// Star Attention's phase-1 mask `(block, anchor)` while [`Session::feed_star`] runs.
+    star_mask: Option<(u32, u32)>,
 }
 
 fn bytes_f32(n: usize) -> u64 {
@@ -408,6 +411,7 @@ impl Session {
             ring_tokens: Vec::new(),
             ring_dirty: false,
             sample_step: 0,
+            star_mask: None,
             model,
         })
     }
@@ -480,6 +484,71 @@ impl Session {
         self.recent.clear();
         self.ring_dirty = true;
         Ok(())
+    }
+
+    /// Star Attention's phase 1 (star.md §3): feeds `tokens`, each seeing only the anchor
+    /// (text tokens `0..star.anchor`, if this cache holds them) and the earlier tokens of its
+    /// own block of `star.block` tokens. Dense caches only, holding their tokens in text order
+    /// (see [`Session::skip_to`] for a shard that encodes a later part of the text). Builds the
+    /// cache only: no logits.
+    pub fn feed_star(&mut self, tokens: &[u32], star: &StarOptions) -> Result<()> {
+        star.validate()?;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput.into());
+        }
+        let refuse = |reason: &str| -> Result<()> {
+            Err(ModelError::InvalidConfig {
+                what: "Star Attention".into(),
+                reason: reason.into(),
+            }
+            .into())
+        };
+        if !matches!(self.options.policy, AttentionPolicy::Dense { .. }) {
+            return refuse("phase 1 runs on a dense cache only");
+        }
+        if self.pending.is_some() {
+            return refuse("a sampled token is pending: the context must come first");
+        }
+        if !self.slots.is_ascending() {
+            return refuse("the cache no longer holds its tokens in text order");
+        }
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.star_mask = Some((clamp(star.block), clamp(star.anchor)));
+        let fed = self.prefill(tokens, Head::None);
+        self.star_mask = None;
+        fed
+    }
+
+    /// Makes text token `token` the next one fed, leaving those in between out of this cache
+    /// (a Star shard whose part of the text starts later). Dense caches only, forward only.
+    pub fn skip_to(&mut self, token: usize) -> Result<()> {
+        if self.pending.is_some() {
+            return Err(ModelError::InvalidConfig {
+                what: "skip_to".into(),
+                reason: "a sampled token is pending: feed it first".into(),
+            }
+            .into());
+        }
+        Ok(self.slots.skip_to(token)?)
+    }
+
+    /// Drops the text tokens `0..n_tokens` from the cache: a Star shard's anchor, needed while
+    /// it encodes its blocks and not part of its partition after (star.md §3).
+    pub fn forget_before(&mut self, n_tokens: usize) {
+        self.slots.forget_before(n_tokens);
+        self.write_slot_table(0, self.slots.capacity());
+    }
+
+    /// Layer `layer`'s key and value caches and the slot table, `([n_slots, kv_dim],
+    /// [n_slots, kv_dim], [n_slots])` (for tests).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_kv(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+        let gpu = self.model.gpu();
+        let n = self.slots.capacity() * self.model.config.kv_dim();
+        let k = gpu.read_f32(&self.buffers.k_cache[layer], n)?;
+        let v = gpu.read_f32(&self.buffers.v_cache[layer], n)?;
+        let slot_token = gpu.read_u32(&self.buffers.slot_token, self.slots.capacity())?;
+        Ok((k, v, slot_token))
     }
 
     /// Feeds `tokens` and leaves the logits of the last one on the GPU (see [`Session::logits`]).
@@ -750,8 +819,8 @@ impl Session {
                 n_sink,
                 window,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
-                block: 0,
-                anchor: 0,
+                block: self.star_mask.map_or(0, |(block, _)| block),
+                anchor: self.star_mask.map_or(0, |(_, anchor)| anchor),
                 _pad0: 0,
             },
         )?;

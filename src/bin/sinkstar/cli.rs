@@ -18,7 +18,7 @@ use sinkstar::model::{default_model_path, GpuModel, LlamaConfig, Session, Sessio
 use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
 use sinkstar::tokenizer::Tokenizer;
 
-use crate::{bench, plot, ppl, serve};
+use crate::{ask, bench, plot, ppl, serve};
 
 #[derive(Parser)]
 #[command(version, about = "LLM runtime on WGSL compute shaders")]
@@ -65,6 +65,8 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Answers a question about a long document, read in linear time with Star Attention
+    Ask(ask::AskArgs),
     /// Adapters, chosen backend, device limits and the model summary
     Info,
     /// Prefill and decode speed, and GPU memory held (also after long histories: --history)
@@ -82,6 +84,18 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct RunArgs {
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Pin the whole system prompt as sinks (sink policy with --chat / chat)
+    #[arg(long)]
+    keep_system: bool,
+}
+
+/// How replies are sampled: chat, generate and ask share these flags.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
     /// Most tokens in one reply
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
@@ -104,11 +118,6 @@ struct RunArgs {
     /// Seed of the sampler
     #[arg(long, default_value_t = 0)]
     seed: u32,
-    #[command(flatten)]
-    policy: PolicyArgs,
-    /// Pin the whole system prompt as sinks (sink policy with --chat / chat)
-    #[arg(long)]
-    keep_system: bool,
 }
 
 /// The attention policy and its sizes: chat, generate, ppl and bench share these flags.
@@ -177,6 +186,12 @@ pub enum PolicyArg {
 
 impl RunArgs {
     fn options(&self) -> anyhow::Result<GenerateOptions> {
+        self.sampling.options()
+    }
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> anyhow::Result<GenerateOptions> {
         let sampling = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -370,6 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cancel = cancel_flag()?;
             chat_loop(&mut chat, &options, &cancel)
         }
+        Command::Ask(args) => ask::ask(&cli, args),
         Command::Bench(args) => bench::bench(&cli, args),
         Command::Ppl(args) => ppl::ppl(&cli, args),
         Command::Plot(args) => plot::plot_command(args),

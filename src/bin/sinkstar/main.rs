@@ -1,6 +1,7 @@
-//! The sinkstar command line: chat, generate, info, bench, ppl, plot and serve.
+//! The sinkstar command line: chat, generate, ask, info, bench, ppl, plot and serve.
 //!
-//! `cli` parses the arguments and runs chat, generate and info; `bench` measures speed and
+//! `cli` parses the arguments and runs chat, generate and info; `ask` answers a question about
+//! a long document with Star Attention; `bench` measures speed and
 //! memory (also against the length of the history), `ppl` measures streaming perplexity as
 //! StreamingLLM does, `plot` draws their CSVs as PNG line plots, and `serve` hands the
 //! browser demo to a local browser.
@@ -13,6 +14,8 @@ fn main() -> std::process::ExitCode {
     cli::main()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+mod ask;
 #[cfg(not(target_arch = "wasm32"))]
 mod bench;
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,0 +1,270 @@
+//! Star Attention (star.md) through the whole GPU forward pass of tiny random models: one block
+//! is dense attention; the single-pass masked phase 1 equals the reference's per-block form
+//! (each block encoded after the anchor alone, the anchor's cache dropped after); the query
+//! and the generated tokens take the positions after the context and only the query's side
+//! of the cache grows.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{gpu, Tiny};
+use sinkstar::attention::star::{StarError, StarOptions};
+use sinkstar::attention::AttentionPolicy;
+use sinkstar::generate::SamplingParams;
+use sinkstar::model::gguf::Gguf;
+use sinkstar::model::{GpuModel, Session, SessionOptions};
+use sinkstar::Error;
+
+/// Two layers: the second reads the first's output, so a wrong mask in layer one shows up in
+/// layer two's keys and values too.
+fn model() -> (Arc<GpuModel>, Tiny) {
+    let tiny = Tiny {
+        n_layers: 2,
+        seed: 31,
+        ..Tiny::default()
+    };
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
+    (Arc::new(GpuModel::load(gpu(), &gguf).unwrap()), tiny)
+}
+
+fn text(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 197 + 11) % vocab as u32)
+        .collect()
+}
+
+/// A dense session with chunks of 7 tokens, so that chunks straddle blocks.
+fn dense(model: &Arc<GpuModel>, capacity: usize) -> Session {
+    Session::new(
+        model.clone(),
+        &SessionOptions {
+            policy: AttentionPolicy::Dense { capacity },
+            max_chunk: 7,
+        },
+    )
+    .unwrap()
+}
+
+/// Every layer's keys and values of text token `token`, found through the slot table.
+fn kv_of(session: &Session, n_layers: usize, kv_dim: usize, token: u32) -> Vec<f32> {
+    let mut out = Vec::new();
+    for layer in 0..n_layers {
+        let (k, v, slot_token) = session.read_kv(layer).unwrap();
+        let slot = slot_token
+            .iter()
+            .position(|&u| u == token)
+            .unwrap_or_else(|| panic!("token {token} is not in the cache"));
+        out.extend_from_slice(&k[slot * kv_dim..(slot + 1) * kv_dim]);
+        out.extend_from_slice(&v[slot * kv_dim..(slot + 1) * kv_dim]);
+    }
+    out
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn one_block_is_dense() {
+    // star.md §7.1: b >= Lc, any anchor: the same cache, query logits and greedy tokens.
+    let (model, tiny) = model();
+    let context = text(40, tiny.vocab_size);
+    let query = text(5, tiny.vocab_size);
+    let greedy = SamplingParams::greedy();
+    let mut want = dense(&model, 64);
+    want.feed(&context).unwrap();
+    let want_first = want.feed_and_sample(&query, &greedy).unwrap();
+    let want_logits = want.logits().unwrap();
+    let want_next: Vec<u32> = (0..4).map(|_| want.decode(&greedy).unwrap()).collect();
+    for (block, anchor) in [(40, 0), (40, 40), (1000, 7)] {
+        let star = StarOptions { block, anchor };
+        let mut got = dense(&model, 64);
+        got.feed_star(&context, &star).unwrap();
+        let what = format!("block {block} anchor {anchor}");
+        for token in 0..40 {
+            assert_close(
+                &format!("{what} kv of token {token}"),
+                &kv_of(&got, tiny.n_layers, 32, token),
+                &kv_of(&want, tiny.n_layers, 32, token),
+                0.0,
+            );
+        }
+        assert_eq!(got.feed_and_sample(&query, &greedy).unwrap(), want_first);
+        assert_close(&what, &got.logits().unwrap(), &want_logits, 0.0);
+        let next: Vec<u32> = (0..4).map(|_| got.decode(&greedy).unwrap()).collect();
+        assert_eq!(next, want_next, "{what}");
+    }
+}
+
+#[test]
+fn masked_phase_one_equals_per_block_form() {
+    // star.md §7.4: 91 tokens in blocks of 30 (a last block of one token), anchors of 1, b/2
+    // and b. The reference form encodes block i >= 2 as its own sequence after the anchor, at
+    // the original positions, and keeps only the block's cache.
+    let (model, tiny) = model();
+    let (n_context, block) = (91, 30);
+    let context = text(n_context, tiny.vocab_size);
+    for anchor in [1, block / 2, block] {
+        let star = StarOptions { block, anchor };
+        let mut masked = dense(&model, 128);
+        masked.feed_star(&context, &star).unwrap();
+        for range in star.blocks(n_context) {
+            let mut alone = dense(&model, 128);
+            if range.start > 0 {
+                alone.feed(&context[..anchor]).unwrap();
+                alone.skip_to(range.start).unwrap();
+            }
+            alone.feed(&context[range.clone()]).unwrap();
+            for token in range.clone() {
+                let what = format!("anchor {anchor}, block {range:?}, token {token}");
+                assert_close(
+                    &what,
+                    &kv_of(&masked, tiny.n_layers, 32, token as u32),
+                    &kv_of(&alone, tiny.n_layers, 32, token as u32),
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn without_anchor_each_block_is_alone() {
+    // star.md §7.9: a = 0 equals independent causal prefills of each block (at its own
+    // positions) — and differs from a = b, so the anchor is really seen.
+    let (model, tiny) = model();
+    let context = text(50, tiny.vocab_size);
+    let star = StarOptions {
+        block: 20,
+        anchor: 0,
+    };
+    let mut masked = dense(&model, 64);
+    masked.feed_star(&context, &star).unwrap();
+    let mut anchored = dense(&model, 64);
+    anchored
+        .feed_star(
+            &context,
+            &StarOptions {
+                block: 20,
+                anchor: 20,
+            },
+        )
+        .unwrap();
+    for range in star.blocks(50) {
+        let mut alone = dense(&model, 64);
+        alone.skip_to(range.start).unwrap();
+        alone.feed(&context[range.clone()]).unwrap();
+        for token in range.clone() {
+            let got = kv_of(&masked, tiny.n_layers, 32, token as u32);
+            let what = format!("token {token}");
+            assert_close(
+                &what,
+                &got,
+                &kv_of(&alone, tiny.n_layers, 32, token as u32),
+                1e-5,
+            );
+            if range.start > 0 {
+                let with_anchor = kv_of(&anchored, tiny.n_layers, 32, token as u32);
+                let change = got
+                    .iter()
+                    .zip(&with_anchor)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(change > 1e-3, "{what}: the anchor changed nothing");
+            }
+        }
+    }
+}
+
+#[test]
+fn query_and_reply_follow_the_context_and_leave_it_untouched() {
+    // star.md §7.5 and §7.6: the query starts at Lc, generated tokens follow one by one, and
+    // after generation the context's cache is byte-identical to its phase-1 state.
+    let (model, tiny) = model();
+    let context = text(70, tiny.vocab_size);
+    let query = text(5, tiny.vocab_size);
+    let star = StarOptions {
+        block: 16,
+        anchor: 16,
+    };
+    let mut s = dense(&model, 96);
+    s.feed_star(&context, &star).unwrap();
+    assert_eq!(s.n_seen(), 70);
+    let before: Vec<_> = (0..tiny.n_layers).map(|l| s.read_kv(l).unwrap()).collect();
+    let greedy = SamplingParams::greedy();
+    s.feed_and_sample(&query, &greedy).unwrap();
+    for _ in 0..6 {
+        s.decode(&greedy).unwrap();
+    }
+    // 5 query tokens and 6 fed replies (the 7th sampled token is still pending).
+    assert_eq!(s.n_seen(), 81);
+    for (layer, (k0, v0, slots0)) in before.iter().enumerate() {
+        let (k, v, slots) = s.read_kv(layer).unwrap();
+        let n = 70 * 32;
+        assert_eq!(&k[..n], &k0[..n], "layer {layer} keys of the context");
+        assert_eq!(&v[..n], &v0[..n], "layer {layer} values of the context");
+        assert_eq!(&slots[..70], &slots0[..70]);
+        let tail: Vec<u32> = (70..81).collect();
+        assert_eq!(
+            &slots[70..81],
+            &tail[..],
+            "query and reply at positions 70..81"
+        );
+    }
+}
+
+#[test]
+fn bad_star_input_is_refused() {
+    let (model, tiny) = model();
+    let context = text(10, tiny.vocab_size);
+    let mut s = dense(&model, 32);
+    let long_anchor = StarOptions {
+        block: 4,
+        anchor: 5,
+    };
+    assert!(matches!(
+        s.feed_star(&context, &long_anchor),
+        Err(Error::Star(StarError::AnchorTooLong {
+            anchor: 5,
+            block: 4
+        }))
+    ));
+    let zero = StarOptions {
+        block: 0,
+        anchor: 0,
+    };
+    assert!(matches!(
+        s.feed_star(&context, &zero),
+        Err(Error::Star(StarError::ZeroBlock))
+    ));
+    // Phase 1 needs a dense cache.
+    let sink = AttentionPolicy::Sink {
+        n_sink: 4,
+        window: 60,
+    };
+    let options = SessionOptions {
+        policy: sink,
+        max_chunk: 7,
+    };
+    let mut ring = Session::new(model.clone(), &options).unwrap();
+    let err = ring
+        .feed_star(&context, &StarOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("dense"), "{err}");
+    // A context longer than the cache: a typed error, nothing fed.
+    let err = s
+        .feed_star(&text(40, tiny.vocab_size), &StarOptions::default())
+        .unwrap_err();
+    assert_eq!(err.code(), "context-full", "{err}");
+    assert_eq!(s.n_seen(), 0);
+    // Skipping back is refused.
+    s.feed_star(&context, &StarOptions::default()).unwrap();
+    assert!(s.skip_to(3).is_err());
+}
