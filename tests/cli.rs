@@ -205,7 +205,8 @@ fn ask_json(args: &[&str]) -> serde_json::Value {
 fn ask_reads_a_document_in_star_blocks_and_finds_the_pass_key() {
     let doc = passkey_file();
     let question = "What is the pass key? Answer with the number only.";
-    for attention in ["star", "dense"] {
+    // Star on one device and on two (opened side by side on one adapter), and dense.
+    for (attention, devices) in [("star", "1"), ("star", "2"), ("dense", "1")] {
         let json = ask_json(&[
             "ask",
             "--doc",
@@ -214,6 +215,8 @@ fn ask_reads_a_document_in_star_blocks_and_finds_the_pass_key() {
             "64",
             "--doc-attention",
             attention,
+            "--devices",
+            devices,
             "--max-tokens",
             "12",
             "--json",
@@ -222,6 +225,7 @@ fn ask_reads_a_document_in_star_blocks_and_finds_the_pass_key() {
         let n_doc = json["documentTokens"].as_u64().unwrap();
         assert!(n_doc > 192, "{json}: the document spans more than 3 blocks");
         assert_eq!(json["attention"], attention, "{json}");
+        assert_eq!(json["devices"].to_string(), devices, "{json}");
         if attention == "star" {
             assert_eq!(
                 json["blocks"].as_u64().unwrap(),
@@ -255,4 +259,15 @@ fn ask_refuses_bad_input_by_name() {
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("anchor of 65 tokens"), "{err}");
+    let output = sinkstar(&[
+        "ask",
+        "--doc",
+        doc.to_str().unwrap(),
+        "--devices",
+        "0",
+        "What?",
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("--devices must be at least 1"), "{err}");
 }

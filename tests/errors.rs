@@ -157,6 +157,7 @@ fn session_with(model: &Arc<GpuModel>, policy: AttentionPolicy) -> Result<Sessio
         &SessionOptions {
             policy,
             max_chunk: 4,
+            positions: None,
         },
     )
 }

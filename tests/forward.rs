@@ -43,6 +43,7 @@ fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
         &SessionOptions {
             policy: AttentionPolicy::Dense { capacity: 64 },
             max_chunk,
+            positions: None,
         },
     )
     .unwrap();

@@ -45,7 +45,15 @@ fn text(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 fn session(model: &Arc<GpuModel>, policy: AttentionPolicy, max_chunk: usize) -> Session {
-    Session::new(model.clone(), &SessionOptions { policy, max_chunk }).unwrap()
+    Session::new(
+        model.clone(),
+        &SessionOptions {
+            policy,
+            max_chunk,
+            positions: None,
+        },
+    )
+    .unwrap()
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! is dense attention; the single-pass masked phase 1 equals the reference's per-block form
 //! (each block encoded after the anchor alone, the anchor's cache dropped after); the query
 //! and the generated tokens take the positions after the context and only the query's side
-//! of the cache grows.
+//! of the cache grows; several devices (opened side by side on one adapter) give the tokens of
+//! one, exchanging only partial attentions and their log-sum-exps.
 
 mod common;
 
@@ -12,8 +13,9 @@ use common::{gpu, Tiny};
 use sinkstar::attention::star::{StarError, StarOptions};
 use sinkstar::attention::AttentionPolicy;
 use sinkstar::generate::SamplingParams;
+use sinkstar::gpu::{Gpu, GpuOptions};
 use sinkstar::model::gguf::Gguf;
-use sinkstar::model::{GpuModel, Session, SessionOptions};
+use sinkstar::model::{GpuModel, Session, SessionOptions, StarSession};
 use sinkstar::Error;
 
 /// Two layers: the second reads the first's output, so a wrong mask in layer one shows up in
@@ -41,6 +43,7 @@ fn dense(model: &Arc<GpuModel>, capacity: usize) -> Session {
         &SessionOptions {
             policy: AttentionPolicy::Dense { capacity },
             max_chunk: 7,
+            positions: None,
         },
     )
     .unwrap()
@@ -252,6 +255,7 @@ fn bad_star_input_is_refused() {
     let options = SessionOptions {
         policy: sink,
         max_chunk: 7,
+        positions: None,
     };
     let mut ring = Session::new(model.clone(), &options).unwrap();
     let err = ring
@@ -267,4 +271,109 @@ fn bad_star_input_is_refused() {
     // Skipping back is refused.
     s.feed_star(&context, &StarOptions::default()).unwrap();
     assert!(s.skip_to(3).is_err());
+}
+
+/// The tiny model loaded on `n` devices, each opened on its own (lavapipe gives every request
+/// a device of its own, which is how the multi-device path runs without several GPUs).
+fn models_on_devices(n: usize) -> (Vec<Arc<GpuModel>>, Tiny) {
+    let (first, tiny) = model();
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
+    let mut models = vec![first];
+    for _ in 1..n {
+        let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap());
+        models.push(Arc::new(GpuModel::load(gpu, &gguf).unwrap()));
+    }
+    (models, tiny)
+}
+
+/// Encodes `context`, feeds `query`, generates `n_new` greedy tokens; returns the tokens and
+/// the logits after the query.
+fn run_star(
+    session: &mut StarSession,
+    context: &[u32],
+    query: &[u32],
+    n_new: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let greedy = SamplingParams::greedy();
+    session.encode(context, &mut |_, _| {}).unwrap();
+    let mut tokens = vec![session.feed_and_sample(query, &greedy).unwrap()];
+    let logits = session.logits().unwrap();
+    for _ in 1..n_new {
+        tokens.push(session.decode(&greedy).unwrap());
+    }
+    (tokens, logits)
+}
+
+#[test]
+fn several_devices_give_the_tokens_of_one() {
+    // star.md §5 and §7.2/7.8 end to end: 2 and 3 devices (blocks 2+2, and 2+1+1), and 3
+    // devices for 2 blocks (an idle query shard), with a 5-token query fed in chunks of 7
+    // alongside the pending token: the same greedy tokens as one device, logits within float
+    // tolerance (the merge sums in another order).
+    let (models, tiny) = models_on_devices(3);
+    let star = StarOptions {
+        block: 30,
+        anchor: 15,
+    };
+    for n_context in [91, 45] {
+        let context = text(n_context, tiny.vocab_size);
+        let query = text(5, tiny.vocab_size);
+        let mut one = StarSession::new(&models[..1], star, n_context, 16, 7).unwrap();
+        let (want, want_logits) = run_star(&mut one, &context, &query, 8);
+        for n_devices in [2, 3] {
+            let mut many = StarSession::new(&models[..n_devices], star, n_context, 16, 7).unwrap();
+            let (got, logits) = run_star(&mut many, &context, &query, 8);
+            let what = format!("{n_context} tokens on {n_devices} devices");
+            assert_close(&what, &logits, &want_logits, 1e-4);
+            assert_eq!(got, want, "{what}");
+            assert_eq!(many.n_seen(), n_context + 5 + 7, "{what}");
+        }
+    }
+}
+
+#[test]
+fn only_the_query_shard_grows_and_query_rows_see_every_shard() {
+    // star.md §7.6 and §7.7: after the reply, the context shards' caches are byte-identical
+    // to their phase-1 state and the query shard holds its part + query + reply; the first
+    // query row saw every shard's keys (its layer-1 keys equal the one-device run's, which a
+    // mask hiding other shards' last keys from early query rows would break).
+    let (models, tiny) = models_on_devices(2);
+    let star = StarOptions {
+        block: 20,
+        anchor: 20,
+    };
+    let context = text(70, tiny.vocab_size);
+    let query = text(5, tiny.vocab_size);
+    let greedy = SamplingParams::greedy();
+    let mut two = StarSession::new(&models, star, 70, 16, 7).unwrap();
+    two.encode(&context, &mut |_, _| {}).unwrap();
+    let shard0: Vec<_> = (0..tiny.n_layers)
+        .map(|l| two.shards()[0].read_kv(l).unwrap())
+        .collect();
+    two.feed_and_sample(&query, &greedy).unwrap();
+    for _ in 0..4 {
+        two.decode(&greedy).unwrap();
+    }
+    for (layer, before) in shard0.iter().enumerate() {
+        assert_eq!(
+            &two.shards()[0].read_kv(layer).unwrap(),
+            before,
+            "layer {layer}"
+        );
+    }
+    assert_eq!(two.range(0), 0..40);
+    assert_eq!(two.range(1), 40..70);
+    // Shard 1: 30 context tokens (the borrowed anchor dropped) + 5 query + 4 fed replies.
+    assert_eq!(two.shards()[1].n_filled(), 30 + 5 + 4);
+    let mut one = StarSession::new(&models[..1], star, 70, 16, 7).unwrap();
+    one.encode(&context, &mut |_, _| {}).unwrap();
+    one.feed_and_sample(&query, &greedy).unwrap();
+    for token in 70..75 {
+        assert_close(
+            &format!("query token {token}"),
+            &kv_of(&two.shards()[1], tiny.n_layers, 32, token),
+            &kv_of(&one.shards()[0], tiny.n_layers, 32, token),
+            1e-4,
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
-use crate::model::Session;
+use crate::model::{Session, StarSession};
 use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
 use crate::tokenizer::{TextStream, Tokenizer};
 use crate::Result;
@@ -82,6 +82,58 @@ impl Generation {
     }
 }
 
+/// What replies are generated from: a [`Session`], or a [`StarSession`] spread over several
+/// devices.
+#[allow(async_fn_in_trait)] // futures are awaited where they are made: no Send bound needed
+pub trait Decoder {
+    /// Feeds `tokens` (after a pending sampled token) and samples the next one.
+    async fn feed_and_sample_async(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<u32>;
+    /// Feeds the pending sampled token and samples the next one.
+    async fn decode_async(&mut self, sampling: &SamplingParams) -> Result<u32>;
+    /// Feeds `tokens` without sampling.
+    async fn feed_async(&mut self, tokens: &[u32]) -> Result<()>;
+}
+
+impl Decoder for Session {
+    async fn feed_and_sample_async(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<u32> {
+        Session::feed_and_sample_async(self, tokens, sampling).await
+    }
+
+    async fn decode_async(&mut self, sampling: &SamplingParams) -> Result<u32> {
+        Session::decode_async(self, sampling).await
+    }
+
+    async fn feed_async(&mut self, tokens: &[u32]) -> Result<()> {
+        self.feed(tokens)
+    }
+}
+
+impl Decoder for StarSession {
+    async fn feed_and_sample_async(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<u32> {
+        StarSession::feed_and_sample_async(self, tokens, sampling).await
+    }
+
+    async fn decode_async(&mut self, sampling: &SamplingParams) -> Result<u32> {
+        StarSession::decode_async(self, sampling).await
+    }
+
+    async fn feed_async(&mut self, tokens: &[u32]) -> Result<()> {
+        StarSession::feed_async(self, tokens).await
+    }
+}
+
 /// One reply in the making, advanced a token at a time by [`Reply::next`]: the prompt's
 /// prefill and first sample on the first call, one decode step on each later one. Stepwise so
 /// that a browser can yield to its event loop between tokens and stop a reply at any token.
@@ -121,7 +173,7 @@ impl Reply {
     /// incomplete UTF-8), or `None` once the reply is over.
     pub async fn next(
         &mut self,
-        session: &mut Session,
+        session: &mut impl Decoder,
         tokenizer: &Tokenizer,
     ) -> Result<Option<String>> {
         if self.stop.is_some() {
@@ -133,7 +185,7 @@ impl Reply {
             self.start = Instant::now();
             self.prefilled = true;
             if self.options.max_tokens == 0 {
-                session.feed(&self.prompt)?;
+                session.feed_async(&self.prompt).await?;
                 self.prefill_secs = self.start.elapsed().as_secs_f64();
                 self.stop = Some(StopReason::MaxTokens);
                 return Ok(None);
@@ -187,7 +239,7 @@ impl Reply {
 /// tokens, calling `on_text` with each piece of text as soon as it is whole UTF-8. `cancel`
 /// (e.g. set by Ctrl-C) ends the reply after the current token.
 pub async fn generate_async(
-    session: &mut Session,
+    session: &mut impl Decoder,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -209,7 +261,7 @@ pub async fn generate_async(
 /// Blocking form of [`generate_async`].
 #[cfg(not(target_arch = "wasm32"))]
 pub fn generate(
-    session: &mut Session,
+    session: &mut impl Decoder,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,

@@ -6,10 +6,12 @@ pub mod forward_cpu;
 pub mod gguf;
 pub mod quant;
 mod session;
+pub mod star;
 mod weights;
 
 pub use config::LlamaConfig;
 pub use session::{Session, SessionOptions, MAX_PENALTY_LAST_N};
+pub use star::StarSession;
 pub use weights::{GpuModel, LayerWeights, Weight};
 
 /// File name of the default model inside [`sinkstar_home`].

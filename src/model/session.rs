@@ -17,6 +17,7 @@ use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
 use crate::kernels::attention::{self, rope_table, Attention};
+use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
 use crate::kernels::matmul::{self, Matmul, MatmulKind};
@@ -34,6 +35,10 @@ pub struct SessionOptions {
     pub policy: AttentionPolicy,
     /// Most tokens one prefill submission processes; longer prompts go in several chunks.
     pub max_chunk: usize,
+    /// Text positions the session may reach (the RoPE table's rows), when more than the
+    /// policy's span: a dense cache that skips ahead in the text, as a Star shard does, holds
+    /// tokens far past its slot count. `None`: the span.
+    pub positions: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -43,6 +48,7 @@ impl Default for SessionOptions {
             // Large enough for the tiled matmul to reuse weights well, small enough that the
             // activation buffers stay a few MiB.
             max_chunk: 64,
+            positions: None,
         }
     }
 }
@@ -87,6 +93,18 @@ struct Params {
     final_norm: ParamSlot,
     head: ParamSlot,
     sample: ParamSlot,
+    merge: ParamSlot,
+}
+
+/// A Star shard's phase-2 buffers (star.md §5): every shard's partial attention of the
+/// step's rows, in shard order, and their merge into `att`.
+struct Exchange {
+    n_parts: usize,
+    parts: TrackedBuffer,     // [n_parts, max_chunk, n_heads, head_dim]
+    parts_lse: TrackedBuffer, // [n_parts, max_chunk, n_heads]
+    // [max_chunk, n_heads]: the merge writes it; nothing reads it, but its memory counts.
+    _merged_lse: TrackedBuffer,
+    merge: Dispatch,
 }
 
 /// The decode (matvec) and prefill (tiled) forms of one matmul.
@@ -152,8 +170,28 @@ pub struct Session {
     ring_dirty: bool,
     /// Draws so far, mixed into the sampler's seed.
     sample_step: u32,
+    /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
+    /// [`StarSession`](super::star::StarSession).
+    exchange: Option<Exchange>,
+    /// Rows of the exchange step under way, and whether they are stored here.
+    exchange_rows: Option<(u32, bool)>,
     /// Star Attention's phase-1 mask `(block, anchor)` while [`Session::feed_star`] runs.
     star_mask: Option<(u32, u32)>,
+}
+
+/// The matvec form for one row (decode), the tiled form for more.
+fn record_matmul(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass,
+    m: &MatmulDispatch,
+    n_rows: u32,
+) -> Result<()> {
+    let (dispatch, kind) = match n_rows {
+        1 => (&m.vec, MatmulKind::Vec),
+        _ => (&m.tile, MatmulKind::Tile),
+    };
+    dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
+    Ok(())
 }
 
 fn bytes_f32(n: usize) -> u64 {
@@ -180,8 +218,12 @@ impl Session {
             .saturating_mul(c.kv_dim() as u64)
             .saturating_mul(4);
         gpu.check_buffer_size("k_cache", cache_bytes, wgpu::BufferUsages::STORAGE)?;
-        let slots = KvSlots::new(options.policy, options.max_chunk)?;
-        let (chunk, cap, span) = (options.max_chunk, n_slots, options.policy.span());
+        let slots = KvSlots::new(options.policy, options.max_chunk)?
+            .with_positions(options.positions.unwrap_or(0));
+        let (chunk, cap, span) = (options.max_chunk, n_slots, slots.positions());
+        // The RoPE table grows with the positions: checked before it is computed.
+        let rope_bytes = (span as u64).saturating_mul(c.head_dim as u64 * 4);
+        gpu.check_buffer_size("rope", rope_bytes, wgpu::BufferUsages::STORAGE)?;
         let storage = |what: &str, bytes: u64| gpu.storage(what, bytes);
         // Inputs of matmuls: the decode (vec) kernel reads them as a uniform buffer.
         let matmul_input = |what: &str, bytes: u64| {
@@ -229,7 +271,7 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        let mut arena = UniformArena::new(&gpu, "session params", 14)?;
+        let mut arena = UniformArena::new(&gpu, "session params", 15)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
@@ -246,6 +288,7 @@ impl Session {
             final_norm: slot()?,
             head: slot()?,
             sample: slot()?,
+            merge: slot()?,
         };
         let b = &buffers;
         let chunk32 = chunk as u32;
@@ -411,6 +454,8 @@ impl Session {
             ring_tokens: Vec::new(),
             ring_dirty: false,
             sample_step: 0,
+            exchange: None,
+            exchange_rows: None,
             star_mask: None,
             model,
         })
@@ -549,6 +594,194 @@ impl Session {
         let v = gpu.read_f32(&self.buffers.v_cache[layer], n)?;
         let slot_token = gpu.read_u32(&self.buffers.slot_token, self.slots.capacity())?;
         Ok((k, v, slot_token))
+    }
+
+    /// Makes this session a shard of a multi-device Star session of `n_parts` shards: the
+    /// buffers that receive every shard's partial attention and the merge into `att`.
+    pub(crate) fn enable_exchange(&mut self, n_parts: usize) -> Result<()> {
+        let model = self.model.clone();
+        let (gpu, c) = (model.gpu(), &model.config);
+        let chunk = self.options.max_chunk;
+        let parts = gpu.storage("exchange parts", bytes_f32(n_parts * chunk * c.q_dim()))?;
+        let parts_lse = gpu.storage("exchange lse", bytes_f32(n_parts * chunk * c.n_heads))?;
+        let merged_lse = gpu.storage("merged lse", bytes_f32(chunk * c.n_heads))?;
+        let bound = attention_merge::Params::new(
+            n_parts as u32,
+            chunk as u32,
+            c.n_heads as u32,
+            c.head_dim as u32,
+        );
+        let merge = AttentionMerge::new(gpu)?.dispatch(
+            gpu,
+            self.arena.binding(self.params.merge),
+            &bound,
+            &attention_merge::Buffers {
+                parts: &parts,
+                parts_lse: &parts_lse,
+                out: &self.buffers.att,
+                out_lse: &merged_lse,
+            },
+        )?;
+        self.exchange = Some(Exchange {
+            n_parts,
+            parts,
+            parts_lse,
+            _merged_lse: merged_lse,
+            merge,
+        });
+        Ok(())
+    }
+
+    /// Adds `tokens` to the history the repetition penalty sees (a Star query fed by
+    /// exchange steps).
+    pub(crate) fn remember_tokens(&mut self, tokens: &[u32]) {
+        for &token in tokens {
+            self.remember(token);
+        }
+    }
+
+    /// An exchange step's first submission (star.md §5, phase 2 on a shard): `tokens`, the
+    /// text tokens `first_token..`, through the embedding and layer 0 up to its attention over
+    /// this shard's cache. Only the query shard stores them (`store`); `sampling` there makes
+    /// the step end in a sampled token.
+    pub(crate) fn exchange_begin(
+        &mut self,
+        tokens: &[u32],
+        first_token: usize,
+        store: bool,
+        sampling: Option<&SamplingParams>,
+    ) -> Result<()> {
+        let model = self.model.clone();
+        let c = &model.config;
+        let Some(exchange) = &self.exchange else {
+            return Err(ModelError::InvalidConfig {
+                what: "exchange step".into(),
+                reason: "the session is not a Star shard (enable_exchange)".into(),
+            }
+            .into());
+        };
+        if tokens.is_empty() || tokens.len() > self.options.max_chunk {
+            return Err(ModelError::InvalidConfig {
+                what: "exchange step".into(),
+                reason: format!(
+                    "{} rows: 1 to {} per step",
+                    tokens.len(),
+                    self.options.max_chunk
+                ),
+            }
+            .into());
+        }
+        if store && first_token != self.slots.n_seen() {
+            return Err(PolicyError::CannotSkip {
+                policy: self.options.policy.name(),
+                from: self.slots.n_seen(),
+                to: first_token,
+            }
+            .into());
+        }
+        let merge = attention_merge::Params::new(
+            exchange.n_parts as u32,
+            tokens.len() as u32,
+            c.n_heads as u32,
+            c.head_dim as u32,
+        );
+        self.arena.set(self.params.merge, &merge)?;
+        let head = sampling.map_or(Head::None, Head::Sample);
+        let visiting = (!store).then_some(first_token);
+        let rows = self.begin_step(Some(tokens), tokens.len(), &head, visiting)?;
+        let mut encoder = model
+            .gpu()
+            .device
+            .create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_embed(&mut pass, rows)?;
+            self.record_attention_half(&mut pass, 0, rows, store)?;
+        }
+        self.submit(encoder, &Head::None);
+        self.exchange_rows = Some((rows, store));
+        Ok(())
+    }
+
+    /// This shard's partial attention of the exchange step's rows at the current layer, and
+    /// its LSEs: `([rows, n_heads, head_dim], [rows, n_heads])`.
+    pub(crate) async fn exchange_partial(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (rows, _) = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
+        let c = &self.model.config;
+        let gpu = self.model.gpu();
+        let n_vecs = rows as u64 * c.n_heads as u64;
+        let att = gpu
+            .read(
+                "partial attention",
+                &self.buffers.att,
+                0,
+                n_vecs * c.head_dim as u64 * 4,
+            )
+            .await?;
+        let lse = gpu
+            .read("partial lse", &self.buffers.lse, 0, n_vecs * 4)
+            .await?;
+        let floats = |bytes: Vec<u8>| -> Vec<f32> {
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        Ok((floats(att), floats(lse)))
+    }
+
+    /// Merges every shard's partial attention of layer `layer` (`parts`, `parts_lse`: the
+    /// shards' [`Session::exchange_partial`] concatenated in shard order) into this shard's
+    /// attention output, finishes the layer and runs the next one up to its attention; after
+    /// the last layer, the head and the sampler if the step samples here.
+    pub(crate) fn exchange_continue(
+        &mut self,
+        layer: usize,
+        parts: &[f32],
+        parts_lse: &[f32],
+        sampling: Option<&SamplingParams>,
+    ) -> Result<()> {
+        let (rows, store) = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
+        let model = self.model.clone();
+        let gpu = model.gpu();
+        let exchange = self.exchange.as_ref().expect("exchange_begin checked it");
+        let queue = &gpu.queue;
+        queue.write_buffer(&exchange.parts, 0, bytemuck::cast_slice(parts));
+        queue.write_buffer(&exchange.parts_lse, 0, bytemuck::cast_slice(parts_lse));
+        let merge = attention_merge::Params::new(
+            exchange.n_parts as u32,
+            rows,
+            model.config.n_heads as u32,
+            model.config.head_dim as u32,
+        );
+        let last = layer + 1 == self.layers.len();
+        let head = sampling.map_or(Head::None, Head::Sample);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            exchange
+                .merge
+                .record_grid(&mut pass, AttentionMerge::grid(gpu, &merge)?);
+            // After the last layer only the head reads the residual stream.
+            if !last || sampling.is_some() {
+                self.record_ffn_half(&mut pass, layer, rows)?;
+            }
+            if last {
+                self.record_head(&mut pass, &head, rows)?;
+            } else {
+                self.record_attention_half(&mut pass, layer + 1, rows, store)?;
+            }
+        }
+        self.submit(encoder, &head);
+        if last {
+            self.exchange_rows = None;
+        }
+        Ok(())
+    }
+
+    /// The token sampled by the exchange step that just ended (the query shard's).
+    pub(crate) async fn exchange_sampled(&mut self) -> Result<u32> {
+        self.read_sampled().await
     }
 
     /// Feeds `tokens` and leaves the logits of the last one on the GPU (see [`Session::logits`]).
@@ -735,26 +968,77 @@ impl Session {
     /// `tokens[0]` on the GPU) through every layer, then `head`. A `Sample` head copies the
     /// token to the readback buffer for [`Session::read_sampled`].
     fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<()> {
+        let rows = self.begin_step(tokens, n_rows, &head, None)?;
+        let model = self.model.clone();
+        let mut encoder = model
+            .gpu()
+            .device
+            .create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_embed(&mut pass, rows)?;
+            let n_layers = match head {
+                Head::Layers(n) => n,
+                _ => self.layers.len(),
+            };
+            for layer in 0..n_layers {
+                self.record_attention_half(&mut pass, layer, rows, true)?;
+                self.record_ffn_half(&mut pass, layer, rows)?;
+            }
+            self.record_head(&mut pass, &head, rows)?;
+        }
+        self.submit(encoder, &head);
+        Ok(())
+    }
+
+    /// Everything a step writes before recording: the rows' cache slots (unless `visiting`:
+    /// rows that are text tokens `visiting..` and attend to this cache without being stored,
+    /// as on a Star context shard in phase 2), the tokens, the slot table and the arena.
+    /// Returns the row count.
+    fn begin_step(
+        &mut self,
+        tokens: Option<&[u32]>,
+        n_rows: usize,
+        head: &Head,
+        visiting: Option<usize>,
+    ) -> Result<u32> {
         let model = self.model.clone();
         let gpu: &Gpu = model.gpu();
         let c = &model.config;
         if let Head::Sample(sampling) = head {
             self.check_sampling(sampling)?;
         }
-        let placement = self.slots.place(n_rows)?;
         let queue = &gpu.queue;
+        let first_token = match visiting {
+            Some(first_token) => {
+                let end = first_token + n_rows;
+                if end > self.slots.positions() {
+                    return Err(PolicyError::PositionsExhausted {
+                        first: first_token,
+                        end,
+                        positions: self.slots.positions(),
+                    }
+                    .into());
+                }
+                first_token as u32
+            }
+            None => {
+                let placement = self.slots.place(n_rows)?;
+                queue.write_buffer(
+                    &self.buffers.slots,
+                    0,
+                    bytemuck::cast_slice(&placement.slots),
+                );
+                let lo = *placement.slots.iter().min().expect("at least one row") as usize;
+                let hi = *placement.slots.iter().max().expect("at least one row") as usize;
+                self.write_slot_table(lo, hi + 1);
+                self.pending = None;
+                placement.first_token
+            }
+        };
         if let Some(tokens) = tokens {
             queue.write_buffer(&self.buffers.tokens, 0, bytemuck::cast_slice(tokens));
         }
-        queue.write_buffer(
-            &self.buffers.slots,
-            0,
-            bytemuck::cast_slice(&placement.slots),
-        );
-        let lo = *placement.slots.iter().min().expect("at least one row") as usize;
-        let hi = *placement.slots.iter().max().expect("at least one row") as usize;
-        self.write_slot_table(lo, hi + 1);
-        self.pending = None;
 
         let rows = n_rows as u32;
         let (n_sink, window) = self.slots.kernel_window();
@@ -815,7 +1099,7 @@ impl Session {
                 n_kv_heads: c.n_kv_heads as u32,
                 head_dim: c.head_dim as u32,
                 n_slots: self.slots.scan_len() as u32,
-                first_token: placement.first_token,
+                first_token,
                 n_sink,
                 window,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
@@ -845,59 +1129,80 @@ impl Session {
             self.arena.set(self.params.sample, &params)?;
         }
         self.arena.upload(gpu);
+        Ok(rows)
+    }
 
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            let mm =
-                |pass: &mut wgpu::ComputePass, m: &MatmulDispatch, n_rows: u32| -> Result<()> {
-                    let (dispatch, kind) = match n_rows {
-                        1 => (&m.vec, MatmulKind::Vec),
-                        _ => (&m.tile, MatmulKind::Tile),
-                    };
-                    dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
-                    Ok(())
-                };
-            self.embed
-                .record_grid(&mut pass, Embed::grid(gpu, rows, c.dim as u32)?);
-            let norm_grid = RmsNorm::grid(gpu, rows)?;
-            let n_layers = match head {
-                Head::Layers(n) => n,
-                _ => self.layers.len(),
-            };
-            for layer in &self.layers[..n_layers] {
-                layer.attn_norm.record_grid(&mut pass, norm_grid);
-                mm(&mut pass, &layer.q, rows)?;
-                mm(&mut pass, &layer.k, rows)?;
-                mm(&mut pass, &layer.v, rows)?;
-                layer
-                    .kv_write
-                    .record_grid(&mut pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
-                layer
-                    .attention
-                    .record_grid(&mut pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
-                mm(&mut pass, &layer.o, rows)?;
-                layer.ffn_norm.record_grid(&mut pass, norm_grid);
-                mm(&mut pass, &layer.gate_up, rows)?;
-                layer
-                    .swiglu
-                    .record_grid(&mut pass, Swiglu::grid(gpu, rows, c.hidden_dim as u32)?);
-                mm(&mut pass, &layer.down, rows)?;
-            }
-            if matches!(head, Head::Logits | Head::Sample(_) | Head::AllLogits) {
-                self.final_norm
-                    .record_grid(&mut pass, RmsNorm::grid(gpu, head_rows)?);
-                mm(&mut pass, &self.head, head_rows)?;
-            }
-            if matches!(head, Head::Sample(_)) {
-                self.sample.record(&mut pass);
-            }
+    fn record_embed(&self, pass: &mut wgpu::ComputePass, rows: u32) -> Result<()> {
+        let gpu = self.model.gpu();
+        let dim = self.model.config.dim as u32;
+        self.embed.record_grid(pass, Embed::grid(gpu, rows, dim)?);
+        Ok(())
+    }
+
+    /// Layer `layer` up to its attention output in `att` (and the LSEs in `lse`); the new
+    /// keys and values go into the cache only if `store`.
+    fn record_attention_half(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        layer: usize,
+        rows: u32,
+        store: bool,
+    ) -> Result<()> {
+        let gpu = self.model.gpu();
+        let c = &self.model.config;
+        let l = &self.layers[layer];
+        l.attn_norm.record_grid(pass, RmsNorm::grid(gpu, rows)?);
+        record_matmul(gpu, pass, &l.q, rows)?;
+        if store {
+            record_matmul(gpu, pass, &l.k, rows)?;
+            record_matmul(gpu, pass, &l.v, rows)?;
+            l.kv_write
+                .record_grid(pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
         }
+        l.attention
+            .record_grid(pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
+        Ok(())
+    }
+
+    /// The rest of layer `layer`, from `att`: output projection, FFN, both residual adds.
+    fn record_ffn_half(&self, pass: &mut wgpu::ComputePass, layer: usize, rows: u32) -> Result<()> {
+        let gpu = self.model.gpu();
+        let l = &self.layers[layer];
+        record_matmul(gpu, pass, &l.o, rows)?;
+        l.ffn_norm.record_grid(pass, RmsNorm::grid(gpu, rows)?);
+        record_matmul(gpu, pass, &l.gate_up, rows)?;
+        let hidden = self.model.config.hidden_dim as u32;
+        l.swiglu.record_grid(pass, Swiglu::grid(gpu, rows, hidden)?);
+        record_matmul(gpu, pass, &l.down, rows)?;
+        Ok(())
+    }
+
+    /// The final norm and LM head (last row, or every row for `AllLogits`), and the sampler.
+    fn record_head(&self, pass: &mut wgpu::ComputePass, head: &Head, rows: u32) -> Result<()> {
+        let gpu = self.model.gpu();
+        if matches!(head, Head::Logits | Head::Sample(_) | Head::AllLogits) {
+            let head_rows = if matches!(head, Head::AllLogits) {
+                rows
+            } else {
+                1
+            };
+            self.final_norm
+                .record_grid(pass, RmsNorm::grid(gpu, head_rows)?);
+            record_matmul(gpu, pass, &self.head, head_rows)?;
+        }
+        if matches!(head, Head::Sample(_)) {
+            self.sample.record(pass);
+        }
+        Ok(())
+    }
+
+    /// Submits `encoder`, after the sampled token's copy to the readback buffer for a `Sample`
+    /// head.
+    fn submit(&self, mut encoder: wgpu::CommandEncoder, head: &Head) {
         if matches!(head, Head::Sample(_)) {
             encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
         }
-        gpu.queue.submit([encoder.finish()]);
-        Ok(())
+        self.model.gpu().queue.submit([encoder.finish()]);
     }
 
     /// Waits for the token a `Sample` step left in the readback buffer and makes it pending.

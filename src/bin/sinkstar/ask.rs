@@ -1,7 +1,8 @@
 //! `sinkstar ask --doc FILE "question"`: a question about a long document. The document is
 //! encoded with Star Attention's phase 1 (blocks, each seeing the anchor and itself: linear
-//! time) unless it spans at most two blocks or `--doc-attention dense` asks for exact dense
-//! attention; the question and the answer then attend to the whole document.
+//! time), its blocks spread over `--devices N` devices, unless it spans at most two blocks or
+//! `--doc-attention dense` asks for exact dense attention (on one device); the question and
+//! the answer then attend to the whole document.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -12,10 +13,11 @@ use clap::Args;
 use sinkstar::attention::star::{StarOptions, DEFAULT_BLOCK};
 use sinkstar::attention::AttentionPolicy;
 use sinkstar::generate::document::{encode_context_async, ContextEncoding, DocumentPrompt};
-use sinkstar::generate::generate;
-use sinkstar::model::{Session, SessionOptions};
+use sinkstar::generate::{generate, Decoder, GenerateOptions, Generation};
+use sinkstar::model::{Session, SessionOptions, StarSession};
+use sinkstar::tokenizer::Tokenizer;
 
-use crate::cli::{load, Cli, Progress, SamplingArgs};
+use crate::cli::{load_on_devices, Cli, Progress, SamplingArgs};
 
 #[derive(Args)]
 pub struct AskArgs {
@@ -34,6 +36,10 @@ pub struct AskArgs {
     /// [default: --block]
     #[arg(long)]
     anchor: Option<usize>,
+    /// Devices the blocks are spread over: the first N GPU adapters if there are that many,
+    /// else N devices opened on one adapter
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
     /// System message [default: the chat template's own]
     #[arg(long)]
     system: Option<String>,
@@ -68,7 +74,7 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
     };
     star.validate()?;
     let options = args.sampling.options()?;
-    let loaded = load(cli)?;
+    let loaded = load_on_devices(cli, args.devices)?;
     let prompt = DocumentPrompt::new(
         &loaded.tokenizer,
         &loaded.template,
@@ -77,64 +83,71 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
         &args.question,
     )?;
     let config = &loaded.model.config;
-    // Room for the whole text: one dense cache, allocated (and checked against the device's
-    // limits) before anything runs.
-    let n_prompt = prompt.context.len() + prompt.query.len();
-    let capacity = n_prompt + options.max_tokens;
-    if capacity > config.context_len {
+    let n_context = prompt.context.len();
+    // Room after the document for the question and the answer. Every cache is allocated (and
+    // checked against the device's limits) before anything runs.
+    let room = prompt.query.len() + options.max_tokens;
+    if n_context + room > config.context_len {
         eprintln!(
-            "sinkstar: warning: the document, question and answer span {capacity} positions, \
-             past the {} the model was trained on: positions beyond it are out of distribution \
-             and answers may degrade",
+            "sinkstar: warning: the document, question and answer span {} positions, past the \
+             {} the model was trained on: positions beyond it are out of distribution and \
+             answers may degrade",
+            n_context + room,
             config.context_len
         );
     }
-    let mut session = Session::new(
-        loaded.model.clone(),
-        &SessionOptions {
-            policy: AttentionPolicy::Dense { capacity },
-            ..SessionOptions::default()
-        },
-    )?;
-    let use_star = (args.doc_attention == DocAttention::Star).then_some(&star);
-    let mut progress = Progress::new(prompt.context.len(), "document");
-    let step = use_star.map_or(DEFAULT_BLOCK, |s| s.block);
+    let use_star = args.doc_attention == DocAttention::Star && !star.prefers_dense(n_context);
+    if args.devices > 1 && !use_star {
+        eprintln!("sinkstar: the document is read densely, on one device");
+    }
+    let mut progress = Progress::new(n_context, "document");
     let start = Instant::now();
-    let encoding = pollster::block_on(encode_context_async(
-        &mut session,
-        &prompt.context,
-        use_star,
-        &mut |done, _| progress.update((done * step).min(prompt.context.len()), ""),
-    ))?;
-    progress.finish();
-    let context_secs = start.elapsed().as_secs_f64();
-    let how = match encoding {
-        ContextEncoding::Dense => "dense attention".to_string(),
-        ContextEncoding::Star { blocks } => format!(
-            "Star Attention, {blocks} blocks of {} with a {}-token anchor",
-            star.block, star.anchor
-        ),
+    let max_chunk = SessionOptions::default().max_chunk;
+    let (encoding, context_secs, generation) = if use_star {
+        let models: Vec<_> = std::iter::once(loaded.model.clone())
+            .chain(loaded.more.iter().cloned())
+            .collect();
+        let mut session = StarSession::new(&models, star, n_context, room, max_chunk)?;
+        session.encode(&prompt.context, &mut |done, _| {
+            progress.update((done * star.block).min(n_context), "")
+        })?;
+        let blocks = star.blocks(n_context).len();
+        let encoding = ContextEncoding::Star { blocks };
+        let secs = report(&progress, start, n_context, encoding, &star, args.devices);
+        let generation = answer(
+            &mut session,
+            &loaded.tokenizer,
+            &prompt,
+            &options,
+            args.json,
+        )?;
+        (encoding, secs, generation)
+    } else {
+        let mut session = Session::new(
+            loaded.model.clone(),
+            &SessionOptions {
+                policy: AttentionPolicy::Dense {
+                    capacity: n_context + room,
+                },
+                ..SessionOptions::default()
+            },
+        )?;
+        let encoding = pollster::block_on(encode_context_async(
+            &mut session,
+            &prompt.context,
+            None,
+            &mut |done, _| progress.update((done * DEFAULT_BLOCK).min(n_context), ""),
+        ))?;
+        let secs = report(&progress, start, n_context, encoding, &star, 1);
+        let generation = answer(
+            &mut session,
+            &loaded.tokenizer,
+            &prompt,
+            &options,
+            args.json,
+        )?;
+        (encoding, secs, generation)
     };
-    eprintln!(
-        "sinkstar: document of {} tokens read in {context_secs:.2}s ({:.1} tok/s) with {how}",
-        prompt.context.len(),
-        prompt.context.len() as f64 / context_secs.max(1e-9)
-    );
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let mut stdout = std::io::stdout();
-    let generation = generate(
-        &mut session,
-        &loaded.tokenizer,
-        &prompt.query,
-        &options,
-        &cancel,
-        &mut |piece| {
-            if !args.json {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }
-        },
-    )?;
     if args.json {
         let (attention, blocks) = match encoding {
             ContextEncoding::Dense => ("dense", 1),
@@ -154,6 +167,7 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
             "queryPrefillSecs": generation.prefill_secs,
             "decodeSecs": generation.decode_secs,
             "adapter": loaded.model.gpu().info.name,
+            "devices": if encoding == ContextEncoding::Dense { 1 } else { args.devices },
         });
         println!("{summary}");
     } else {
@@ -167,4 +181,56 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
         generation.stop
     );
     Ok(())
+}
+
+/// Ends the progress bar, says how the document was read and returns the seconds it took.
+fn report(
+    progress: &Progress,
+    start: Instant,
+    n_context: usize,
+    encoding: ContextEncoding,
+    star: &StarOptions,
+    devices: usize,
+) -> f64 {
+    progress.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let how = match encoding {
+        ContextEncoding::Dense => "dense attention".to_string(),
+        ContextEncoding::Star { blocks } => format!(
+            "Star Attention, {blocks} blocks of {} with a {}-token anchor on {devices} device{}",
+            star.block,
+            star.anchor,
+            if devices == 1 { "" } else { "s" }
+        ),
+    };
+    eprintln!(
+        "sinkstar: document of {n_context} tokens read in {secs:.2}s ({:.1} tok/s) with {how}",
+        n_context as f64 / secs.max(1e-9)
+    );
+    secs
+}
+
+/// Feeds the question and streams the answer to stdout (unless `quiet`).
+fn answer(
+    session: &mut impl Decoder,
+    tokenizer: &Tokenizer,
+    prompt: &DocumentPrompt,
+    options: &GenerateOptions,
+    quiet: bool,
+) -> anyhow::Result<Generation> {
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let mut stdout = std::io::stdout();
+    Ok(generate(
+        session,
+        tokenizer,
+        &prompt.query,
+        options,
+        &cancel,
+        &mut |piece| {
+            if !quiet {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+        },
+    )?)
 }

@@ -223,6 +223,8 @@ pub fn main() -> ExitCode {
 /// The GPU, the GGUF and what is built from them, loaded once per command.
 pub struct Loaded {
     pub model: Arc<GpuModel>,
+    /// The same model on further devices ([`load_on_devices`]).
+    pub more: Vec<Arc<GpuModel>>,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
 }
@@ -240,6 +242,41 @@ fn model_path(cli: &Cli) -> PathBuf {
 }
 
 pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
+    load_on_devices(cli, 1)
+}
+
+/// `n` devices: one on each of the first `n` GPU adapters when there are that many and no
+/// `--adapter` was given, else `n` opened side by side on the chosen adapter (which is how
+/// one GPU, or lavapipe, runs the multi-device path).
+pub fn gpus(cli: &Cli, n: usize) -> anyhow::Result<Vec<Arc<Gpu>>> {
+    if n == 0 {
+        anyhow::bail!("--devices must be at least 1");
+    }
+    let adapters = pollster::block_on(list_adapters(cli.backend.as_deref()))?;
+    let real: Vec<usize> = adapters
+        .iter()
+        .filter(|a| a.device_type != "Cpu")
+        .map(|a| a.index)
+        .collect();
+    let indices: Vec<Option<usize>> = if cli.adapter.is_none() && n > 1 && real.len() >= n {
+        real[..n].iter().map(|&i| Some(i)).collect()
+    } else {
+        vec![cli.adapter; n]
+    };
+    indices
+        .into_iter()
+        .map(|adapter| {
+            let options = GpuOptions {
+                backend: cli.backend.clone(),
+                adapter,
+            };
+            Ok(Arc::new(Gpu::new_blocking(&options)?))
+        })
+        .collect()
+}
+
+/// The model on `n_devices` devices (see [`gpus`]).
+pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
     let path = model_path(cli);
     if cli.model.is_none() && !path.exists() {
         anyhow::bail!(
@@ -248,18 +285,22 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
         );
     }
     let gguf = Gguf::open(&path).with_context(|| format!("loading {}", path.display()))?;
-    let gpu = gpu(cli)?;
-    let start = Instant::now();
-    let model = Arc::new(GpuModel::load(gpu.clone(), &gguf)?);
-    eprintln!(
-        "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        gpu.info.name,
-        gpu.info.backend,
-        start.elapsed().as_secs_f64()
-    );
+    let mut models = Vec::with_capacity(n_devices);
+    for gpu in gpus(cli, n_devices)? {
+        let start = Instant::now();
+        models.push(Arc::new(GpuModel::load(gpu.clone(), &gguf)?));
+        eprintln!(
+            "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            gpu.info.name,
+            gpu.info.backend,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let model = models.remove(0);
     Ok(Loaded {
         model,
+        more: models,
         tokenizer: Tokenizer::from_gguf(&gguf)?,
         template: ChatTemplate::from_gguf(&gguf)?,
     })

@@ -158,6 +158,7 @@ pub fn ppl(cli: &Cli, args: &PplArgs) -> anyhow::Result<()> {
         &SessionOptions {
             policy,
             max_chunk: args.chunk,
+            positions: None,
         },
     )?;
     eprintln!(
