@@ -271,3 +271,45 @@ fn ask_refuses_bad_input_by_name() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("--devices must be at least 1"), "{err}");
 }
+
+#[test]
+fn chat_reads_a_document_with_slash_doc_then_resets_to_the_ring() {
+    let doc = passkey_file();
+    let input = format!(
+        "/doc {}\nWhat is the pass key? Answer with the number only.\n/reset\nWhat is the \
+         capital of France?\n",
+        doc.display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sinkstar"))
+        .args(["chat", "--block", "64", "--max-tokens", "16"])
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let (out, err) = (stdout(&output), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{err}");
+    assert!(output.status.success());
+    assert!(
+        err.contains("with Star Attention in 4 blocks of 64"),
+        "{err}"
+    );
+    let replies: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(replies.len(), 2, "{out}");
+    assert!(replies[0].contains("68219"), "{out}");
+    assert!(replies[1].contains("Paris"), "{out}");
+    // After /reset the chat is back on its sink ring.
+    assert!(err.contains("(sink)"), "{err}");
+}

@@ -14,6 +14,8 @@ use crate::Result;
 /// A chat-templated question about a document, as token ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentPrompt {
+    /// The rendered text of the context.
+    pub context_text: String,
     /// The system turn, the user turn's header and the document.
     pub context: Vec<u32>,
     /// The question after the document, the end of the user turn and the assistant's header.
@@ -47,7 +49,11 @@ impl DocumentPrompt {
         if tokenizer.add_bos() && query.first() == Some(&tokenizer.bos()) {
             query.remove(0);
         }
-        Ok(DocumentPrompt { context, query })
+        Ok(DocumentPrompt {
+            context_text: rendered[..cut].to_string(),
+            context,
+            query,
+        })
     }
 }
 

@@ -4,10 +4,13 @@
 
 pub mod document;
 
+use document::{encode_context_async, ContextEncoding, DocumentPrompt};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use web_time::Instant;
 
+use crate::attention::star::StarOptions;
 use crate::model::{Session, StarSession};
 use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
 use crate::tokenizer::{TextStream, Tokenizer};
@@ -280,6 +283,8 @@ struct ChatReply {
     rendered: String,
     /// Tokens the session held before the reply.
     held: usize,
+    /// The document this turn asks about, given back if the turn fails before feeding.
+    document: Option<String>,
 }
 
 /// A multi-turn conversation: each turn renders the whole conversation with the chat
@@ -296,6 +301,9 @@ pub struct Chat {
     context: String,
     active: Option<ChatReply>,
     last: Option<Generation>,
+    /// A document read by [`Chat::read_document_async`], not yet asked about: the next user
+    /// message is appended to it, in the same user turn.
+    document: Option<String>,
 }
 
 impl Chat {
@@ -316,11 +324,63 @@ impl Chat {
             context: String::new(),
             active: None,
             last: None,
+            document: None,
         }
     }
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Swaps the chat's session for `session` (its buffers are freed) and starts over.
+    pub fn set_session(&mut self, session: Session) {
+        self.session = session;
+        self.reset();
+    }
+
+    /// Starts a conversation about `document` in `session`, a fresh dense session with room
+    /// for the document and the talk about it (its buffers replace the chat's): the
+    /// conversation is reset and the document encoded now — by Star Attention's phase 1 in
+    /// blocks of `star` unless it spans at most two blocks (see [`encode_context_async`]) —
+    /// and the next user message is asked about it, in the same user turn, as `sinkstar ask`
+    /// asks. `on_progress(done, total)` counts blocks.
+    pub async fn read_document_async(
+        &mut self,
+        session: Session,
+        document: &str,
+        star: Option<&StarOptions>,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ContextEncoding> {
+        self.set_session(session);
+        let prompt = DocumentPrompt::new(
+            &self.tokenizer,
+            &self.template,
+            self.system.as_deref(),
+            document,
+            "",
+        )?;
+        let encoding =
+            encode_context_async(&mut self.session, &prompt.context, star, on_progress).await;
+        if encoding.is_err() {
+            self.reset();
+        }
+        let encoding = encoding?;
+        self.context = prompt.context_text;
+        self.document = Some(document.to_string());
+        Ok(encoding)
+    }
+
+    /// Tokens of the conversation a document of `document` would take before any question
+    /// (to size the session given to [`Chat::read_document_async`]).
+    pub fn document_tokens(&self, document: &str) -> Result<usize> {
+        let prompt = DocumentPrompt::new(
+            &self.tokenizer,
+            &self.template,
+            self.system.as_deref(),
+            document,
+            "",
+        )?;
+        Ok(prompt.context.len())
     }
 
     /// The conversation as the session has seen it.
@@ -338,24 +398,32 @@ impl Chat {
         self.active.is_some()
     }
 
-    /// Forgets the conversation (keeps the system message).
+    /// Forgets the conversation (keeps the system message), a document read included.
     pub fn reset(&mut self) {
         self.active = None;
         self.session.reset();
         self.context.clear();
         self.messages = self.system.iter().map(ChatMessage::system).collect();
+        self.document = None;
     }
 
     /// Adds a user turn and begins the assistant's reply; [`Chat::next`] generates it. A reply
     /// still running is ended first, as [`Chat::cancel`] does.
     pub fn begin(&mut self, user: &str, options: &GenerateOptions) -> Result<()> {
         self.cancel()?;
-        self.messages.push(ChatMessage::user(user));
+        // A document read and not yet asked about shares the question's user turn.
+        let content = match &self.document {
+            Some(document) => format!("{document}\n\n{user}"),
+            None => user.to_string(),
+        };
+        self.messages.push(ChatMessage::user(content));
         let prepared = self.prepare(options);
         if prepared.is_err() {
             self.messages.pop();
         }
-        self.active = Some(prepared?);
+        let mut prepared = prepared?;
+        prepared.document = self.document.take();
+        self.active = Some(prepared);
         Ok(())
     }
 
@@ -377,6 +445,7 @@ impl Chat {
             reply,
             held: self.held(),
             rendered,
+            document: None,
         })
     }
 
@@ -397,11 +466,14 @@ impl Chat {
                 // cache, bad settings) fed nothing; one that failed part-way did, and the
                 // cache cannot always be cut back: start the next turn afresh then.
                 let held = active.held;
+                let document = active.document.take();
                 self.active = None;
                 self.messages.pop();
                 if self.held() != held {
                     self.session.reset();
                     self.context.clear();
+                } else {
+                    self.document = document;
                 }
                 Err(e)
             }

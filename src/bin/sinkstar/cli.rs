@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use sinkstar::attention::star::{StarOptions, DEFAULT_BLOCK};
 use sinkstar::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
+use sinkstar::generate::document::ContextEncoding;
 use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
 use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
 use sinkstar::model::gguf::Gguf;
@@ -39,13 +41,16 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Interactive chat through the model's chat template (/reset, /quit; Ctrl-C ends a reply)
+    /// Interactive chat through the model's chat template (/doc FILE, /reset, /quit; Ctrl-C
+    /// ends a reply)
     Chat {
         /// System message [default: the chat template's own]
         #[arg(long)]
         system: Option<String>,
         #[command(flatten)]
         run: RunArgs,
+        #[command(flatten)]
+        doc: DocArgs,
     },
     /// Continues a prompt (raw text unless --chat) and prints only the generated text
     Generate {
@@ -91,6 +96,21 @@ struct RunArgs {
     /// Pin the whole system prompt as sinks (sink policy with --chat / chat)
     #[arg(long)]
     keep_system: bool,
+}
+
+/// How `/doc FILE` reads a document in the chat.
+#[derive(Args, Clone, Debug)]
+pub struct DocArgs {
+    /// Star Attention block size for /doc, in tokens
+    #[arg(long, default_value_t = DEFAULT_BLOCK)]
+    block: usize,
+    /// Star anchor size for /doc [default: --block]
+    #[arg(long)]
+    anchor: Option<usize>,
+    /// Tokens of conversation about a /doc document (the dense cache holds the document and
+    /// this many more)
+    #[arg(long, default_value_t = 2048)]
+    doc_room: usize,
 }
 
 /// How replies are sampled: chat, generate and ask share these flags.
@@ -413,18 +433,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Chat { system, run } => {
+        Command::Chat { system, run, doc } => {
             let loaded = load(&cli)?;
             let options = run.options()?;
-            let session = session(&loaded, run, system.as_ref(), true)?;
+            let star = StarOptions {
+                block: doc.block,
+                anchor: doc.anchor.unwrap_or(doc.block),
+            };
+            star.validate()?;
+            let chat_session = || session(&loaded, run, system.as_ref(), true);
             let mut chat = Chat::new(
-                session,
+                chat_session()?,
                 loaded.tokenizer.clone(),
-                loaded.template,
+                loaded.template.clone(),
                 system.clone(),
             );
             let cancel = cancel_flag()?;
-            chat_loop(&mut chat, &options, &cancel)
+            let docs = Documents {
+                star,
+                room: doc.doc_room,
+                model: loaded.model.clone(),
+                chat_session: &chat_session,
+            };
+            chat_loop(&mut chat, &options, &cancel, &docs)
         }
         Command::Ask(args) => ask::ask(&cli, args),
         Command::Bench(args) => bench::bench(&cli, args),
@@ -434,17 +465,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What `/doc` needs: how to read a document, and how to get the chat's own kind of session
+/// back on `/reset`.
+struct Documents<'a> {
+    star: StarOptions,
+    room: usize,
+    model: Arc<GpuModel>,
+    chat_session: &'a dyn Fn() -> anyhow::Result<Session>,
+}
+
+impl Documents<'_> {
+    /// `/doc FILE`: a dense session sized for the document and `room` more tokens, the
+    /// document read into it (Star Attention past two blocks), ready for questions.
+    fn read(&self, chat: &mut Chat, path: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the document {path}"))?;
+        let n_tokens = chat.document_tokens(&text)?;
+        let capacity = n_tokens + self.room;
+        let context_len = self.model.config.context_len;
+        if capacity > context_len {
+            eprintln!(
+                "warning: the document and {} tokens of talk span {capacity} positions, past the \
+                 {context_len} the model was trained on: answers may degrade",
+                self.room
+            );
+        }
+        let session = Session::new(
+            self.model.clone(),
+            &SessionOptions {
+                policy: AttentionPolicy::Dense { capacity },
+                ..SessionOptions::default()
+            },
+        )?;
+        let mut progress = Progress::new(n_tokens, "document");
+        let start = Instant::now();
+        let block = self.star.block;
+        let encoding = pollster::block_on(chat.read_document_async(
+            session,
+            &text,
+            Some(&self.star),
+            &mut |done, _| progress.update((done * block).min(n_tokens), ""),
+        ))?;
+        progress.finish();
+        let how = match encoding {
+            ContextEncoding::Dense => "densely".to_string(),
+            ContextEncoding::Star { blocks } => {
+                format!("with Star Attention in {blocks} blocks of {block}")
+            }
+        };
+        eprintln!(
+            "(document of {n_tokens} tokens read in {:.1}s {how}; ask about it — /reset ends it)",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
 fn chat_loop(
     chat: &mut Chat,
     options: &GenerateOptions,
     cancel: &AtomicBool,
+    docs: &Documents,
 ) -> anyhow::Result<()> {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "Type a message; /reset starts over, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply."
+            "Type a message; /doc FILE reads a document to ask about, /reset starts over, /quit \
+             (or Ctrl-D) leaves, Ctrl-C stops a reply."
         );
     }
+    // Whether the chat runs on a document's dense session rather than its own.
+    let mut on_document = false;
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -458,11 +549,23 @@ fn chat_loop(
             "" => continue,
             "/quit" | "/exit" => break,
             "/reset" => {
+                if on_document {
+                    // Free the document's cache and go back to the chat's own policy.
+                    chat.set_session((docs.chat_session)()?);
+                    on_document = false;
+                }
                 chat.reset();
                 eprintln!("(conversation reset)");
                 continue;
             }
             _ => {}
+        }
+        if let Some(path) = line.strip_prefix("/doc ") {
+            match docs.read(chat, path.trim()) {
+                Ok(()) => on_document = true,
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+            continue;
         }
         cancel.store(false, Ordering::Relaxed);
         let mut stdout = std::io::stdout();
