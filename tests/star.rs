@@ -377,3 +377,31 @@ fn only_the_query_shard_grows_and_query_rows_see_every_shard() {
         );
     }
 }
+
+#[test]
+fn documents_past_the_trained_context_run_and_past_the_device_are_refused() {
+    // The tiny model was trained on 512 positions: a 600-token context is out of distribution
+    // (the CLI warns) but runs; one whose caches cannot exist on the device is a typed error
+    // before anything is allocated.
+    let (models, tiny) = models_on_devices(2);
+    let star = StarOptions {
+        block: 100,
+        anchor: 100,
+    };
+    let context = text(600, tiny.vocab_size);
+    let mut long = StarSession::new(&models, star, 600, 8, 64).unwrap();
+    long.encode(&context, &mut |_, _| {}).unwrap();
+    let greedy = SamplingParams::greedy();
+    long.feed_and_sample(&text(3, tiny.vocab_size), &greedy)
+        .unwrap();
+    assert!(long.logits().unwrap().iter().all(|x| x.is_finite()));
+    drop(long);
+    let held: Vec<u64> = models.iter().map(|m| m.gpu().allocated_bytes()).collect();
+    let err = match StarSession::new(&models, star, 2_000_000_000, 8, 64) {
+        Ok(_) => panic!("a 2-billion-token context fits nowhere"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), "gpu-limit", "{err}");
+    let after: Vec<u64> = models.iter().map(|m| m.gpu().allocated_bytes()).collect();
+    assert_eq!(after, held, "nothing allocated");
+}

@@ -35,9 +35,11 @@ pub struct SessionOptions {
     pub policy: AttentionPolicy,
     /// Most tokens one prefill submission processes; longer prompts go in several chunks.
     pub max_chunk: usize,
-    /// Text positions the session may reach (the RoPE table's rows), when more than the
-    /// policy's span: a dense cache that skips ahead in the text, as a Star shard does, holds
-    /// tokens far past its slot count. `None`: the span.
+    /// Text positions the session may reach (the RoPE table's rows), when the caller means
+    /// to go past the policy's span — a dense cache that skips ahead in the text, as a Star
+    /// shard does, holds tokens far past its slot count — or past the model's trained context
+    /// (a long document: those positions are out of distribution, the caller's warning to
+    /// give). `None`: the span, within the trained context.
     pub positions: Option<usize>,
 }
 
@@ -210,7 +212,8 @@ impl Session {
             }
             .into());
         }
-        options.policy.validate(c.context_len)?;
+        let trained = c.context_len.max(options.positions.unwrap_or(0));
+        options.policy.validate(trained)?;
         // The KV cache is the one buffer that grows with the options: check it before
         // computing or allocating anything.
         let n_slots = options.policy.n_slots(options.max_chunk);

@@ -45,7 +45,7 @@ impl StarSession {
         max_chunk: usize,
     ) -> Result<StarSession> {
         star.validate()?;
-        let runs = assign_blocks(star.blocks(n_context).len(), models.len())?;
+        let runs = assign_blocks(n_context.div_ceil(star.block), models.len())?;
         let n_shards = models.len();
         let positions = n_context + room;
         let ranges: Vec<Range<usize>> = runs

@@ -129,6 +129,8 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
                 policy: AttentionPolicy::Dense {
                     capacity: n_context + room,
                 },
+                // Past the trained context only with the warning above.
+                positions: Some(n_context + room),
                 ..SessionOptions::default()
             },
         )?;

@@ -494,6 +494,8 @@ impl Documents<'_> {
             self.model.clone(),
             &SessionOptions {
                 policy: AttentionPolicy::Dense { capacity },
+                // Past the trained context only with the warning above.
+                positions: Some(capacity),
                 ..SessionOptions::default()
             },
         )?;
