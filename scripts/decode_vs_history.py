@@ -38,6 +38,9 @@ def sinkstar_bin(args):
 def bench(args, exe, name, policy_args, out_dir):
     """Runs `sinkstar bench --history-only` for one policy; returns its JSON `history`."""
     json_path = out_dir / f"{name}.json"
+    if args.resume and json_path.exists():
+        print(f"decode_vs_history: {name}: kept from an earlier run", file=sys.stderr)
+        return history_of(json_path, out_dir, name)
     cmd = [exe]
     if args.model:
         cmd += ["--model", args.model]
@@ -48,6 +51,11 @@ def bench(args, exe, name, policy_args, out_dir):
     print("decode_vs_history: " + " ".join(cmd), file=sys.stderr)
     env = dict(os.environ, WGPU_BACKEND=os.environ.get("WGPU_BACKEND", "vulkan"))
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=sys.stderr)
+    return history_of(json_path, out_dir, name)
+
+
+def history_of(json_path, out_dir, name):
+    """The `history` of a bench JSON, with its device; also written as NAME.csv."""
     result = json.loads(json_path.read_text())
     history = result["history"]
     history["device"] = result["device"]
@@ -73,6 +81,11 @@ def main():
     p.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "target" / "figures")
     p.add_argument("--model", help="GGUF model [default: sinkstar's]")
     p.add_argument("--bin", help="sinkstar binary [default: cargo build's]")
+    p.add_argument("--resume", action="store_true",
+                   help="keep a policy's run already in --out-dir (each needs an idle machine: "
+                        "the two can be measured at different times)")
+    p.add_argument("--only", choices=["dense", "sink"],
+                   help="measure one policy only (no table or plot)")
     args = p.parse_args()
     run_dir = args.out_dir / "decode_vs_history"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,11 +94,14 @@ def main():
     dense_args = ["--attention", "dense"]
     if args.context:
         dense_args += ["--context", str(args.context)]
-    dense, dense_csv = bench(args, exe, "dense", dense_args, run_dir)
     sink_name = f"sink-{args.sinks}+{args.window}"
-    sink, sink_csv = bench(args, exe, sink_name,
-                           ["--attention", "sink", "--sinks", str(args.sinks),
-                            "--window", str(args.window)], run_dir)
+    sink_args = ["--attention", "sink", "--sinks", str(args.sinks), "--window", str(args.window)]
+    if args.only:
+        name, flags = ("dense", dense_args) if args.only == "dense" else (sink_name, sink_args)
+        bench(args, exe, name, flags, run_dir)
+        return
+    dense, dense_csv = bench(args, exe, "dense", dense_args, run_dir)
+    sink, sink_csv = bench(args, exe, sink_name, sink_args, run_dir)
 
     plot = args.out_dir / "decode_vs_history.png"
     subprocess.run([exe, "plot", "--out", str(plot), "--x", "tokens_seen", "--y", "ms_per_token",
