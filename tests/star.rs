@@ -286,8 +286,9 @@ fn models_on_devices(n: usize) -> (Vec<Arc<GpuModel>>, Tiny) {
     (models, tiny)
 }
 
-/// Encodes `context`, feeds `query`, generates `n_new` greedy tokens; returns the tokens and
-/// the logits after the query.
+/// Encodes `context`, asks `query` and generates `n_new` greedy tokens, then a follow-up
+/// turn (fed after the pending token) and `n_new` more; returns the tokens and the logits
+/// after the query.
 fn run_star(
     session: &mut StarSession,
     context: &[u32],
@@ -301,15 +302,19 @@ fn run_star(
     for _ in 1..n_new {
         tokens.push(session.decode(&greedy).unwrap());
     }
+    tokens.push(session.feed_and_sample(&query[..9], &greedy).unwrap());
+    for _ in 1..n_new {
+        tokens.push(session.decode(&greedy).unwrap());
+    }
     (tokens, logits)
 }
 
 #[test]
 fn several_devices_give_the_tokens_of_one() {
     // star.md §5 and §7.2/7.8 end to end: 2 and 3 devices (blocks 2+2, and 2+1+1), and 3
-    // devices for 2 blocks (an idle query shard), with a 5-token query fed in chunks of 7
-    // alongside the pending token: the same greedy tokens as one device, logits within float
-    // tolerance (the merge sums in another order).
+    // devices for 2 blocks (an idle query shard); a 12-token query (two exchange steps of at
+    // most 7 rows) and a follow-up of 9 after the pending token (7 + 3): the same greedy
+    // tokens as one device, logits within float tolerance (the merge sums in another order).
     let (models, tiny) = models_on_devices(3);
     let star = StarOptions {
         block: 30,
@@ -317,16 +322,17 @@ fn several_devices_give_the_tokens_of_one() {
     };
     for n_context in [91, 45] {
         let context = text(n_context, tiny.vocab_size);
-        let query = text(5, tiny.vocab_size);
-        let mut one = StarSession::new(&models[..1], star, n_context, 16, 7).unwrap();
+        let query = text(12, tiny.vocab_size);
+        let mut one = StarSession::new(&models[..1], star, n_context, 48, 7).unwrap();
         let (want, want_logits) = run_star(&mut one, &context, &query, 8);
         for n_devices in [2, 3] {
-            let mut many = StarSession::new(&models[..n_devices], star, n_context, 16, 7).unwrap();
+            let mut many = StarSession::new(&models[..n_devices], star, n_context, 48, 7).unwrap();
             let (got, logits) = run_star(&mut many, &context, &query, 8);
             let what = format!("{n_context} tokens on {n_devices} devices");
             assert_close(&what, &logits, &want_logits, 1e-4);
             assert_eq!(got, want, "{what}");
-            assert_eq!(many.n_seen(), n_context + 5 + 7, "{what}");
+            // Everything but the last sampled token is in the cache.
+            assert_eq!(many.n_seen(), n_context + 12 + 8 + 9 + 7, "{what}");
         }
     }
 }
