@@ -504,3 +504,33 @@ fn missing_chat_template_is_a_typed_error() {
         "{e}"
     );
 }
+
+#[test]
+fn document_prompt_is_cut_right_after_the_document() {
+    use sinkstar::generate::document::DocumentPrompt;
+    use sinkstar::generate::GenerateError;
+    let template = ChatTemplate::from_gguf(model()).unwrap();
+    let document = "Emma Woodhouse, handsome, clever, and rich.\nShe lived at Hartfield.";
+    let question = "Where did she live?";
+    let prompt = DocumentPrompt::new(tokenizer(), &template, None, document, question).unwrap();
+    let context = tokenizer().decode(&prompt.context).unwrap();
+    let query = tokenizer().decode(&prompt.query).unwrap();
+    assert!(context.ends_with(document), "{context:?}");
+    assert_eq!(context, prompt.context_text);
+    let messages = [ChatMessage::user(format!("{document}\n\n{question}"))];
+    assert_eq!(
+        format!("{context}{query}"),
+        template.render(&messages, true).unwrap()
+    );
+    assert!(query.starts_with("\n\nWhere did she live?"), "{query:?}");
+    // A template that leaves the message out cannot be cut: a typed error, not a guess.
+    let blind = ChatTemplate::new("{{ bos_token }}Say something.", "<s>", "</s>").unwrap();
+    let err = DocumentPrompt::new(tokenizer(), &blind, None, document, question).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sinkstar::Error::Generate(GenerateError::DocumentNotRendered)
+        ),
+        "{err}"
+    );
+}

@@ -5,7 +5,8 @@
 //! it (phase 2: on one device, ordinary attention over the one cache, so the reply is
 //! [`super::generate_async`] of the query).
 
-use crate::attention::star::StarOptions;
+use super::GenerateError;
+use crate::attention::star::{StarOptions, DEFAULT_BLOCK};
 use crate::model::Session;
 use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -36,13 +37,16 @@ impl DocumentPrompt {
         let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
         messages.push(ChatMessage::user(user.as_str()));
         let rendered = template.render(&messages, true)?;
-        // The user text appears once, after the system turn; the template may trim it, so
-        // fall back to the document's own first occurrence.
-        let start = rendered
-            .find(&user)
-            .or_else(|| rendered.find(document))
-            .unwrap_or(0);
-        let cut = (start + document.len()).min(rendered.len());
+        // The user text appears once, after the system turn; a template that trims it still
+        // holds the trimmed document.
+        let trimmed = document.trim();
+        let cut = match rendered.find(&user) {
+            Some(start) => start + document.len(),
+            None => match rendered.find(trimmed) {
+                Some(start) => start + trimmed.len(),
+                None => return Err(GenerateError::DocumentNotRendered.into()),
+            },
+        };
         let context = tokenizer.encode(&rendered[..cut])?;
         let mut query = tokenizer.encode(&rendered[cut..])?;
         // `encode` starts every text with BOS where the model wants one; the query continues.
@@ -83,20 +87,16 @@ pub async fn encode_context_async(
         }
         _ => (None, ContextEncoding::Dense),
     };
-    let step = star.map_or(crate::attention::star::DEFAULT_BLOCK, |s| s.block);
-    let pieces = StarOptions {
-        block: step,
-        anchor: 0,
-    }
-    .blocks(context.len());
+    let step = star.map_or(DEFAULT_BLOCK, |s| s.block);
+    let n_pieces = context.len().div_ceil(step);
     let gpu = session.model().gpu().clone();
-    for (i, range) in pieces.iter().enumerate() {
+    for (i, piece) in context.chunks(step).enumerate() {
         match star {
-            Some(star) => session.feed_star(&context[range.clone()], star)?,
-            None => session.feed(&context[range.clone()])?,
+            Some(star) => session.feed_star(piece, star)?,
+            None => session.feed(piece)?,
         }
         gpu.finish().await?;
-        on_progress(i + 1, pieces.len());
+        on_progress(i + 1, n_pieces);
     }
     Ok(encoding)
 }

@@ -22,6 +22,11 @@ pub use crate::kernels::sample::SamplingParams;
 pub enum GenerateError {
     #[error("the prompt is empty: there is no token to predict from")]
     EmptyPrompt,
+    #[error(
+        "the chat template does not render the document as given, so the prompt cannot be cut \
+         after it"
+    )]
+    DocumentNotRendered,
 }
 
 #[derive(Debug, Clone)]
