@@ -707,11 +707,13 @@ fn star_case(
 
 gpu_test!(attention_star_mask_matches_cpu);
 /// star.md §7.8: blocks of 1, 13 and 70 tokens (not workgroup multiples), anchors of 0, 1,
-/// half and a whole block, contexts not a multiple of the block, rows straddling blocks.
+/// half and a whole block, contexts not a multiple of the block, rows straddling blocks, GQA
+/// ratios 1, 3, 4 and 8.
 async fn attention_star_mask_matches_cpu(gpu: &Gpu) {
     let mut rng = rng(31);
     let mut shapes = HEADS
         .iter()
+        .chain(&[(8, 1)])
         .flat_map(|&h| HEAD_DIMS.map(|d| (h, d)))
         .cycle();
     let mut cases = Vec::new();
@@ -817,7 +819,7 @@ async fn attention_partitions_merge_to_dense(gpu: &Gpu) {
         (1, (9, 3), 64, 37),
         (2, (4, 1), 128, 100),
         (3, (9, 3), 64, 100),
-        (7, (8, 8), 80, 300),
+        (7, (8, 1), 80, 300),
     ] {
         let whole = star_case(5, heads, head_dim, n_tokens, 0, 0);
         let inputs = whole.random_inputs(&mut rng);
