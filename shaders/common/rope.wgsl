@@ -5,3 +5,8 @@
 fn rope_rotate(x: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(x.x * cs.x - x.y * cs.y, x.x * cs.y + x.y * cs.x);
 }
+
+// Two adjacent pairs at once, cs holding both pairs' (cos θ, sin θ).
+fn rope_rotate2(x: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(rope_rotate(x.xy, cs.xy), rope_rotate(x.zw, cs.zw));
+}

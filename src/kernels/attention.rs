@@ -38,6 +38,15 @@ pub enum AttentionError {
     SinkWindow { n_sink: u32, window: u32 },
     #[error("attention: tokens {first_token}..+{n_rows} overflow u32")]
     TokenRange { first_token: u32, n_rows: u32 },
+    #[error("attention: {group} query heads per kv head, the tiled form serves at most {max}")]
+    GroupSize { group: u32, max: u32 },
+    #[error("attention: kernel `{variant}` cannot serve {n_heads} query heads over {n_kv_heads} kv heads of {head_dim}")]
+    VariantShape {
+        variant: String,
+        n_heads: u32,
+        n_kv_heads: u32,
+        head_dim: u32,
+    },
     #[error("attention: an anchor of {anchor} tokens is longer than the {block}-token block")]
     Anchor { anchor: u32, block: u32 },
     #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
@@ -127,72 +136,224 @@ impl Params {
         let max_pos = self.n_sink.saturating_add(self.window.saturating_sub(1));
         last_token.min(max_pos).saturating_add(1)
     }
+
+    /// Rows the RoPE table needs for the tiled form: [`Params::n_pos`], and the window frame's
+    /// `t - lo(first row of a tile)`, at most `window + TILE_ROWS - 2` (and `t - n_sink`).
+    pub fn n_pos_tile(&self) -> u32 {
+        if self.n_rows == 0 {
+            return 0;
+        }
+        let last_token = self.first_token.saturating_add(self.n_rows - 1);
+        let window_frame = if last_token >= self.n_sink {
+            (last_token - self.n_sink)
+                .min(self.window.saturating_add(TILE_ROWS - 2))
+                .saturating_add(1)
+        } else {
+            0
+        };
+        self.n_pos().max(window_frame)
+    }
 }
 
-/// One pipeline variant: how large a head the workgroup arrays hold and how many threads share
-/// the slots of one (row, head).
+/// Query rows of one workgroup of the tiled form.
+pub const TILE_ROWS: u32 = 32;
+
+/// Rows each thread of the tiled form owns (of one head): its threads are
+/// `TILE_ROWS / TILE_ROWS_PER_THREAD * group`.
+pub const TILE_ROWS_PER_THREAD: u32 = 4;
+
+/// Widest head the tiled form serves (a multiple of 4): its private arrays have a constant size.
+pub const TILE_MAX_HEAD_DIM: u32 = 128;
+
+/// Most query heads per kv head the tiled form serves (`TILE_ROWS * 16` = 256 threads, the
+/// smallest `max_compute_invocations_per_workgroup` WebGPU allows).
+pub const TILE_MAX_GROUP: u32 = 16;
+
+/// One pipeline variant of the two forms (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Variant {
-    pub max_head_dim: u32,
-    pub wg_size: u32,
+pub enum Variant {
+    /// Decode: one workgroup per (row, head), `wg_size` threads sharing its slots, workgroup
+    /// arrays for heads up to `max_head_dim`.
+    Row { max_head_dim: u32, wg_size: u32 },
+    /// Prefill: one workgroup per ([`TILE_ROWS`] rows, kv head), one thread per query of the
+    /// `group` query heads that share the kv head; loops over exactly `head_dim` (a multiple of
+    /// 4, read as vec4s), a constant per pipeline.
+    Tile { head_dim: u32, group: u32 },
 }
 
 impl Variant {
-    /// Both keep the accumulators (`wg_size * max_head_dim` f32) at 16 KiB, half of SwiftShader's
-    /// 32 KiB of workgroup memory: 64 threads for the default model's 64-wide heads, 32 for heads
-    /// up to 128. Picked by [`Variant::for_head_dim`], smallest first.
-    pub const ALL: [Variant; 2] = [
-        Variant {
+    /// Both row variants keep the accumulators (`wg_size * max_head_dim` f32) at 16 KiB, half of
+    /// SwiftShader's 32 KiB of workgroup memory: 64 threads for the default model's 64-wide heads,
+    /// 32 for heads up to 128. Picked by [`Variant::row_for`], smallest first.
+    pub const ROWS: [Variant; 2] = [
+        Variant::Row {
             max_head_dim: 64,
             wg_size: 64,
         },
-        Variant {
+        Variant::Row {
             max_head_dim: 128,
             wg_size: 32,
         },
     ];
 
-    /// The smallest variant that holds `head_dim`.
-    pub fn for_head_dim(head_dim: u32) -> Result<Variant, AttentionError> {
-        let largest = Variant::ALL[Variant::ALL.len() - 1].max_head_dim;
+    /// The row variants, and tiled ones for the head widths and GQA groupings of the tests and
+    /// common models (the shader source is the same for all; the overrides differ).
+    pub fn all() -> Vec<Variant> {
+        let tiles = [16, 64, 80, 128].into_iter().flat_map(|head_dim| {
+            [1, 2, 3, 4, 8, TILE_MAX_GROUP]
+                .into_iter()
+                .map(move |group| Variant::Tile { head_dim, group })
+        });
+        Variant::ROWS.into_iter().chain(tiles).collect()
+    }
+
+    /// The smallest row variant that holds `head_dim`.
+    pub fn row_for(head_dim: u32) -> Result<Variant, AttentionError> {
+        let largest = 128;
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(AttentionError::HeadDim {
                 head_dim,
                 max: largest,
             });
         }
-        Variant::ALL
+        Variant::ROWS
             .into_iter()
-            .find(|v| head_dim <= v.max_head_dim)
+            .find(|v| head_dim <= v.max_head_dim())
             .ok_or(AttentionError::HeadDim {
                 head_dim,
                 max: largest,
             })
     }
 
-    pub fn label(&self) -> String {
-        format!("attention_hd{}_wg{}", self.max_head_dim, self.wg_size)
+    /// The tiled variant for `n_heads` query heads over `n_kv_heads` kv heads of `head_dim`.
+    pub fn tile_for(
+        head_dim: u32,
+        n_heads: u32,
+        n_kv_heads: u32,
+    ) -> Result<Variant, AttentionError> {
+        if head_dim == 0 || !head_dim.is_multiple_of(4) || head_dim > TILE_MAX_HEAD_DIM {
+            return Err(AttentionError::HeadDim {
+                head_dim,
+                max: TILE_MAX_HEAD_DIM,
+            });
+        }
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+            return Err(AttentionError::HeadGroups {
+                n_heads,
+                n_kv_heads,
+            });
+        }
+        let group = n_heads / n_kv_heads;
+        if group > TILE_MAX_GROUP {
+            return Err(AttentionError::GroupSize {
+                group,
+                max: TILE_MAX_GROUP,
+            });
+        }
+        Ok(Variant::Tile { head_dim, group })
     }
 
-    /// Workgroup memory the shader declares: `q_rot` and `acc` (pairs of f32) and two per-thread
-    /// f32 arrays.
+    pub fn max_head_dim(&self) -> u32 {
+        match *self {
+            Variant::Row { max_head_dim, .. } => max_head_dim,
+            Variant::Tile { .. } => TILE_MAX_HEAD_DIM,
+        }
+    }
+
+    pub fn wg_size(&self) -> u32 {
+        match *self {
+            Variant::Row { wg_size, .. } => wg_size,
+            Variant::Tile { group, .. } => TILE_ROWS / TILE_ROWS_PER_THREAD * group,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match *self {
+            Variant::Row {
+                max_head_dim,
+                wg_size,
+            } => format!("attention_hd{max_head_dim}_wg{wg_size}"),
+            Variant::Tile { head_dim, group } => format!("attention_tile_hd{head_dim}_g{group}"),
+        }
+    }
+
+    /// Workgroup memory the shader declares: the row form's `q_rot` and `acc` (pairs of f32)
+    /// and two per-thread f32 arrays; the tiled form has none.
     pub fn workgroup_bytes(&self) -> u64 {
-        let half = u64::from(self.max_head_dim / 2);
-        let wg = u64::from(self.wg_size);
-        (half + wg * half) * 8 + 2 * wg * 4
+        match *self {
+            Variant::Row {
+                max_head_dim,
+                wg_size,
+            } => {
+                let half = u64::from(max_head_dim / 2);
+                let wg = u64::from(wg_size);
+                (half + wg * half) * 8 + 2 * wg * 4
+            }
+            Variant::Tile { .. } => 0,
+        }
+    }
+
+    /// Rows of the RoPE table a dispatch of `params` reads.
+    pub fn n_pos(&self, params: &Params) -> u32 {
+        match self {
+            Variant::Row { .. } => params.n_pos(),
+            Variant::Tile { .. } => params.n_pos_tile(),
+        }
+    }
+
+    /// Row form: one workgroup per (row, head); tiled form: one per ([`TILE_ROWS`] rows, kv head).
+    pub fn grid(
+        &self,
+        gpu: &Gpu,
+        n_rows: u32,
+        n_heads: u32,
+        n_kv_heads: u32,
+    ) -> Result<[u32; 3], GpuError> {
+        let (what, n_workgroups) = match self {
+            Variant::Row { .. } => (
+                "attention rows x heads",
+                u64::from(n_rows) * u64::from(n_heads),
+            ),
+            Variant::Tile { .. } => (
+                "attention row tiles x kv heads",
+                u64::from(n_rows.div_ceil(TILE_ROWS)) * u64::from(n_kv_heads),
+            ),
+        };
+        grid(gpu, what, n_workgroups)
     }
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
-        let half = self.max_head_dim / 2;
+        let (source, overrides) = match *self {
+            Variant::Row {
+                max_head_dim,
+                wg_size,
+            } => {
+                let half = max_head_dim / 2;
+                (
+                    shader_source("attention.wgsl", &[])?,
+                    vec![
+                        ("WG_SIZE".into(), f64::from(wg_size)),
+                        ("MAX_HALF_DIM".into(), f64::from(half)),
+                        ("ACC_ELEMS".into(), f64::from(wg_size * half)),
+                    ],
+                )
+            }
+            Variant::Tile { head_dim, group } => (
+                shader_source("attention.wgsl", &["TILE"])?,
+                vec![
+                    ("GROUP".into(), f64::from(group)),
+                    ("QUADS".into(), f64::from(head_dim / 4)),
+                    ("ROWS_PER_THREAD".into(), f64::from(TILE_ROWS_PER_THREAD)),
+                    ("TILE_ROWS".into(), f64::from(TILE_ROWS)),
+                    ("WG_SIZE".into(), f64::from(self.wg_size())),
+                ],
+            ),
+        };
         Ok(PipelineSpec {
             label: self.label(),
-            source: shader_source("attention.wgsl", &[])?,
+            source,
             entry: "main",
-            overrides: vec![
-                ("WG_SIZE".into(), f64::from(self.wg_size)),
-                ("MAX_HALF_DIM".into(), f64::from(half)),
-                ("ACC_ELEMS".into(), f64::from(self.wg_size * half)),
-            ],
+            overrides,
             bindings: vec![
                 Binding::Uniform,
                 Binding::Read,
@@ -208,7 +369,7 @@ impl Variant {
 }
 
 pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
-    Variant::ALL.iter().map(Variant::spec).collect()
+    Variant::all().iter().map(Variant::spec).collect()
 }
 
 /// The buffers one attention dispatch binds (f32 unless noted).
@@ -236,9 +397,19 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// The pipeline of the smallest variant that holds `head_dim`.
-    pub fn new(gpu: &Gpu, head_dim: u32) -> Result<Attention, AttentionError> {
-        Attention::with_variant(gpu, Variant::for_head_dim(head_dim)?)
+    /// The row form (decode) of the smallest variant that holds `head_dim`.
+    pub fn row(gpu: &Gpu, head_dim: u32) -> Result<Attention, AttentionError> {
+        Attention::with_variant(gpu, Variant::row_for(head_dim)?)
+    }
+
+    /// The tiled form (prefill) for heads of `head_dim`, `n_heads` over `n_kv_heads`.
+    pub fn tile(
+        gpu: &Gpu,
+        head_dim: u32,
+        n_heads: u32,
+        n_kv_heads: u32,
+    ) -> Result<Attention, AttentionError> {
+        Attention::with_variant(gpu, Variant::tile_for(head_dim, n_heads, n_kv_heads)?)
     }
 
     /// The pipeline of `variant`, after checking its workgroup against the device limits.
@@ -248,12 +419,12 @@ impl Attention {
         let invocations = limits
             .max_compute_invocations_per_workgroup
             .min(limits.max_compute_workgroup_size_x);
-        if variant.wg_size > invocations {
+        if variant.wg_size() > invocations {
             return Err(GpuError::Limit {
                 what: what(),
                 limit_name: "max_compute_invocations_per_workgroup",
                 limit: invocations.into(),
-                needed: variant.wg_size.into(),
+                needed: variant.wg_size().into(),
             }
             .into());
         }
@@ -278,9 +449,9 @@ impl Attention {
     }
 
     /// Binds `buffers` for the shape in `params` (validated here, with every buffer checked to
-    /// hold that shape); the grid covers `params.n_rows * params.n_heads`. The arena slot behind
+    /// hold that shape); the grid covers `params.n_rows` rows. The arena slot behind
     /// `params_binding` may later hold other rows and tokens, e.g. each decode step: keep them
-    /// within the buffers bound here ([`Params::n_pos`] rows of `rope`, `n_slots` slots) and
+    /// within the buffers bound here ([`Variant::n_pos`] rows of `rope`, `n_slots` slots) and
     /// record with [`Attention::grid`] of the new row count.
     pub fn dispatch(
         &self,
@@ -289,16 +460,27 @@ impl Attention {
         params: &Params,
         buffers: &Buffers,
     ) -> Result<Dispatch, AttentionError> {
-        params.validate(self.variant.max_head_dim)?;
+        params.validate(self.variant.max_head_dim())?;
+        if let Variant::Tile { head_dim, group } = self.variant {
+            if params.n_heads / params.n_kv_heads != group || params.head_dim != head_dim {
+                return Err(AttentionError::VariantShape {
+                    variant: self.variant.label(),
+                    n_heads: params.n_heads,
+                    n_kv_heads: params.n_kv_heads,
+                    head_dim: params.head_dim,
+                });
+            }
+        }
         let hd = u64::from(params.head_dim);
         let rows = u64::from(params.n_rows) * u64::from(params.n_heads) * hd;
         let cache = u64::from(params.n_slots) * u64::from(params.n_kv_heads) * hd;
+        let n_pos = self.variant.n_pos(params);
         for (what, buffer, n_elems) in [
             ("q", buffers.q, rows),
             ("k_cache", buffers.k_cache, cache),
             ("v_cache", buffers.v_cache, cache),
             ("slot_token", buffers.slot_token, u64::from(params.n_slots)),
-            ("rope", buffers.rope, u64::from(params.n_pos()) * hd),
+            ("rope", buffers.rope, u64::from(n_pos) * hd),
             ("out", buffers.out, rows),
             (
                 "lse",
@@ -323,17 +505,19 @@ impl Attention {
                     buffers.lse.as_entire_binding(),
                 ],
             )?,
-            workgroups: Attention::grid(gpu, params.n_rows, params.n_heads)?,
+            workgroups: self.grid(gpu, params.n_rows, params.n_heads, params.n_kv_heads)?,
         })
     }
 
-    /// One workgroup per (row, head).
-    pub fn grid(gpu: &Gpu, n_rows: u32, n_heads: u32) -> Result<[u32; 3], GpuError> {
-        grid(
-            gpu,
-            "attention rows x heads",
-            u64::from(n_rows) * u64::from(n_heads),
-        )
+    /// The grid of [`Variant::grid`].
+    pub fn grid(
+        &self,
+        gpu: &Gpu,
+        n_rows: u32,
+        n_heads: u32,
+        n_kv_heads: u32,
+    ) -> Result<[u32; 3], GpuError> {
+        self.variant.grid(gpu, n_rows, n_heads, n_kv_heads)
     }
 }
 

@@ -16,7 +16,7 @@ use super::ModelError;
 use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
-use crate::kernels::attention::{self, rope_table, Attention};
+use crate::kernels::attention::{self, rope_table, Attention, TILE_ROWS};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
@@ -116,13 +116,21 @@ struct MatmulDispatch {
     n_out: u32,
 }
 
+/// The decode (row) and prefill (tiled) forms of one attention.
+struct AttentionDispatch {
+    row: Dispatch,
+    tile: Dispatch,
+    row_variant: attention::Variant,
+    tile_variant: attention::Variant,
+}
+
 struct LayerDispatches {
     attn_norm: Dispatch,
     q: MatmulDispatch,
     k: MatmulDispatch,
     v: MatmulDispatch,
     kv_write: Dispatch,
-    attention: Dispatch,
+    attention: AttentionDispatch,
     o: MatmulDispatch,
     ffn_norm: Dispatch,
     gate_up: MatmulDispatch,
@@ -225,7 +233,13 @@ impl Session {
             .with_positions(options.positions.unwrap_or(0));
         let (chunk, cap, span) = (options.max_chunk, n_slots, slots.positions());
         // The RoPE table grows with the positions: checked before it is computed.
-        let rope_bytes = (span as u64).saturating_mul(c.head_dim as u64 * 4);
+        // The tiled attention turns a ring's window keys by their distance to the first row of a
+        // tile: up to window + TILE_ROWS - 2 however far the text has gone.
+        let rope_rows = match options.policy.ring() {
+            Some((_, window)) => span.max(window + TILE_ROWS as usize - 1),
+            None => span,
+        };
+        let rope_bytes = (rope_rows as u64).saturating_mul(c.head_dim as u64 * 4);
         gpu.check_buffer_size("rope", rope_bytes, wgpu::BufferUsages::STORAGE)?;
         let storage = |what: &str, bytes: u64| gpu.storage(what, bytes);
         // Inputs of matmuls: the decode (vec) kernel reads them as a uniform buffer.
@@ -247,7 +261,7 @@ impl Session {
                 })
                 .collect()
         };
-        let rope = rope_table(f64::from(c.rope_base), c.head_dim, span);
+        let rope = rope_table(f64::from(c.rope_base), c.head_dim, rope_rows);
         let buffers = Buffers {
             tokens: storage("tokens", bytes_f32(chunk))?,
             x: storage("x", bytes_f32(chunk * c.dim))?,
@@ -298,7 +312,10 @@ impl Session {
         let rms = RmsNorm::new(&gpu)?;
         let swiglu_kernel = Swiglu::new(&gpu)?;
         let kv_kernel = KvWrite::new(&gpu)?;
-        let attention_kernel = Attention::new(&gpu, c.head_dim as u32)?;
+        let (head_dim, n_heads, n_kv_heads) =
+            (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
+        let attention_row = Attention::row(&gpu, head_dim)?;
+        let attention_tile = Attention::tile(&gpu, head_dim, n_heads, n_kv_heads)?;
         // `n_rows` is the most rows the tiled form will be given; decode uses one.
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
@@ -378,11 +395,8 @@ impl Session {
                             v_cache: &b.v_cache[l],
                         },
                     )?,
-                    attention: attention_kernel.dispatch(
-                        &gpu,
-                        arena.binding(p.attention),
-                        &attention_bound,
-                        &attention::Buffers {
+                    attention: {
+                        let buffers = attention::Buffers {
                             q: &b.q,
                             k_cache: &b.k_cache[l],
                             v_cache: &b.v_cache[l],
@@ -390,8 +404,22 @@ impl Session {
                             rope: &b.rope,
                             out: &b.att,
                             lse: &b.lse,
-                        },
-                    )?,
+                        };
+                        let dispatch = |kernel: &Attention| {
+                            kernel.dispatch(
+                                &gpu,
+                                arena.binding(p.attention),
+                                &attention_bound,
+                                &buffers,
+                            )
+                        };
+                        AttentionDispatch {
+                            row: dispatch(&attention_row)?,
+                            tile: dispatch(&attention_tile)?,
+                            row_variant: attention_row.variant(),
+                            tile_variant: attention_tile.variant(),
+                        }
+                    },
                     o: matmul(p.o, &w.wo, &b.att, &b.x, chunk32, true)?,
                     ffn_norm: rms.dispatch(
                         &gpu,
@@ -1162,8 +1190,14 @@ impl Session {
             l.kv_write
                 .record_grid(pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
         }
-        l.attention
-            .record_grid(pass, Attention::grid(gpu, rows, c.n_heads as u32)?);
+        // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
+        let a = &l.attention;
+        let (variant, dispatch) = match rows {
+            1 => (a.row_variant, &a.row),
+            _ => (a.tile_variant, &a.tile),
+        };
+        let grid = variant.grid(gpu, rows, c.n_heads as u32, c.n_kv_heads as u32)?;
+        dispatch.record_grid(pass, grid);
         Ok(())
     }
 

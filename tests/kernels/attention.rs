@@ -4,7 +4,7 @@ use rand::Rng;
 use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
     attention_cpu, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params, Variant,
-    EMPTY_LSE, EMPTY_SLOT,
+    EMPTY_LSE, EMPTY_SLOT, TILE_ROWS,
 };
 
 use crate::{
@@ -103,18 +103,48 @@ impl Case {
         }
     }
 
+    /// The rows both forms read.
     fn rope(&self) -> Vec<f32> {
-        rope_table(BASE, self.head_dim, self.params().n_pos() as usize)
+        rope_table(BASE, self.head_dim, self.params().n_pos_tile() as usize)
     }
 
     async fn run_gpu(&self, gpu: &Gpu, inputs: &Inputs) -> Vec<f32> {
         self.run_gpu_with_lse(gpu, inputs).await.0
     }
 
-    /// The output `[n_rows, n_heads, head_dim]` and the LSEs `[n_rows, n_heads]`.
+    /// The row form's output `[n_rows, n_heads, head_dim]` and LSEs `[n_rows, n_heads]`, for
+    /// the test's own checks; the tiled form runs the same case and is checked here against
+    /// the CPU reference, so every case of every test covers both forms.
     async fn run_gpu_with_lse(&self, gpu: &Gpu, inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
         let params = self.params();
-        let kernel = Attention::new(gpu, params.head_dim).unwrap();
+        let tile = self.tile_variant();
+        let (got, got_lse) = self.run_variant(gpu, inputs, tile).await;
+        let (want, want_lse) = self.run_cpu_with_lse(inputs);
+        let label = format!("{} {}", tile.label(), self.name);
+        assert_close(&label, &got, &want, TOL_ATTENTION);
+        assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+        let row = Variant::row_for(params.head_dim).unwrap();
+        self.run_variant(gpu, inputs, row).await
+    }
+
+    fn tile_variant(&self) -> Variant {
+        Variant::tile_for(
+            self.head_dim as u32,
+            self.n_heads as u32,
+            self.n_kv_heads as u32,
+        )
+        .unwrap()
+    }
+
+    /// One variant's output and LSEs.
+    async fn run_variant(
+        &self,
+        gpu: &Gpu,
+        inputs: &Inputs,
+        variant: Variant,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let params = self.params();
+        let kernel = Attention::with_variant(gpu, variant).unwrap();
         let (arena, slot) = arena_with(gpu, &params);
         let storage = |what, data: &[u8]| gpu.storage_with(what, data).unwrap();
         let q = storage("q", bytemuck::cast_slice(&inputs.q));
@@ -165,7 +195,7 @@ impl Case {
     }
 
     fn label(&self) -> String {
-        let variant = Variant::for_head_dim(self.head_dim as u32).unwrap();
+        let variant = Variant::row_for(self.head_dim as u32).unwrap();
         format!("{} {}", variant.label(), self.name)
     }
 
@@ -609,7 +639,17 @@ gpu_test!(attention_rejects_bad_shapes);
 async fn attention_rejects_bad_shapes(gpu: &Gpu) {
     for head_dim in [0, 63, 130] {
         assert!(matches!(
-            Attention::new(gpu, head_dim),
+            Attention::row(gpu, head_dim),
+            Err(AttentionError::HeadDim { .. })
+        ));
+    }
+    assert!(matches!(
+        Variant::tile_for(64, 34, 2),
+        Err(AttentionError::GroupSize { group: 17, .. })
+    ));
+    for head_dim in [0, 62, 132] {
+        assert!(matches!(
+            Variant::tile_for(head_dim, 9, 3),
             Err(AttentionError::HeadDim { .. })
         ));
     }
@@ -648,7 +688,7 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         })
     ));
     // A rope table one position short of what the rows need.
-    let kernel = Attention::new(gpu, 64).unwrap();
+    let kernel = Attention::row(gpu, 64).unwrap();
     let (arena, slot) = arena_with(gpu, &params);
     let n_pos = params.n_pos() as u64;
     let rope = gpu.storage("rope", (n_pos - 1) * 64 * 4).unwrap();
@@ -666,6 +706,40 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         .dispatch(gpu, arena.binding(slot), &params, &buffers)
         .err()
         .expect("rope is too small");
+    assert!(
+        matches!(err, AttentionError::BufferSize { what: "rope", .. }),
+        "{err}"
+    );
+    // The tiled form of another GQA grouping, and a table without its window frame's rows.
+    let tile = Attention::tile(gpu, 64, 8, 4).unwrap();
+    let err = tile
+        .dispatch(gpu, arena.binding(slot), &params, &buffers)
+        .err()
+        .expect("group 2 kernel for group 3 heads");
+    assert!(
+        matches!(err, AttentionError::VariantShape { n_heads: 9, .. }),
+        "{err}"
+    );
+    let ring = Params {
+        n_rows: 2,
+        first_token: 100,
+        n_sink: 4,
+        window: 8,
+        ..params
+    };
+    assert_eq!(ring.n_pos(), 12);
+    assert_eq!(ring.n_pos_tile(), 8 + TILE_ROWS - 1);
+    let (arena, slot) = arena_with(gpu, &ring);
+    let rope = gpu.storage("rope", 12 * 64 * 4).unwrap();
+    let buffers = Buffers {
+        rope: &rope,
+        ..buffers
+    };
+    let tile = Attention::tile(gpu, 64, 9, 3).unwrap();
+    let err = tile
+        .dispatch(gpu, arena.binding(slot), &ring, &buffers)
+        .err()
+        .expect("rope is too small for the window frame");
     assert!(
         matches!(err, AttentionError::BufferSize { what: "rope", .. }),
         "{err}"
