@@ -452,7 +452,7 @@ impl Attention {
     /// hold that shape); the grid covers `params.n_rows` rows. The arena slot behind
     /// `params_binding` may later hold other rows and tokens, e.g. each decode step: keep them
     /// within the buffers bound here ([`Variant::n_pos`] rows of `rope`, `n_slots` slots) and
-    /// record with [`Attention::grid`] of the new row count.
+    /// record with [`Variant::grid`] of the new row count.
     pub fn dispatch(
         &self,
         gpu: &Gpu,
@@ -505,19 +505,10 @@ impl Attention {
                     buffers.lse.as_entire_binding(),
                 ],
             )?,
-            workgroups: self.grid(gpu, params.n_rows, params.n_heads, params.n_kv_heads)?,
+            workgroups: self
+                .variant
+                .grid(gpu, params.n_rows, params.n_heads, params.n_kv_heads)?,
         })
-    }
-
-    /// The grid of [`Variant::grid`].
-    pub fn grid(
-        &self,
-        gpu: &Gpu,
-        n_rows: u32,
-        n_heads: u32,
-        n_kv_heads: u32,
-    ) -> Result<[u32; 3], GpuError> {
-        self.variant.grid(gpu, n_rows, n_heads, n_kv_heads)
     }
 }
 
