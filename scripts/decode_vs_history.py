@@ -10,12 +10,17 @@ history. Writes the bench JSON and a CSV per policy (tokens_seen,ms_per_token,de
 gpu_bytes) under --out-dir/decode_vs_history/, the plot decode_vs_history.png in --out-dir, and
 prints a markdown table.
 
-Reaching 100,000 tokens of history by prefill takes about 45 minutes on lavapipe (sink); dense
-up to 8,000 a few minutes more. Single runs swing on small shared machines: compare figures
-within one run only. Smoke test:
-    python3 scripts/decode_vs_history.py --history 200,1000,2000 --window 252 --context 1024
+On this 2-core machine (lavapipe, idle) dense took 10 minutes to reach 8,000 tokens; sink
+(4 + 2044) prefills at about 30 tokens/s once its ring is full, so 100,000 tokens take about an
+hour. Single runs swing on small shared machines: compare figures within one run only, and run
+each policy alone (--only) on an idle machine; --resume then keeps it. The README's runs are
+committed in docs/results/decode_vs_history/. Smoke test:
+    python3 scripts/decode_vs_history.py --history 200,1000,2000 --window 252 --context 1024 \
+        --out-dir /tmp/d
 The README's figure:
-    python3 scripts/decode_vs_history.py [--history 1000,2000,4000,8000,16000,100000]
+    python3 scripts/decode_vs_history.py --only dense --out-dir docs/results --resume
+    python3 scripts/decode_vs_history.py --only sink --out-dir docs/results --resume
+    python3 scripts/decode_vs_history.py --out-dir docs/results --resume
 """
 
 import argparse

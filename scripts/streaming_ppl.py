@@ -10,20 +10,25 @@ session per attention policy, scoring every token as StreamingLLM's eval_long_pp
     recompute  every token re-encodes the last L tokens from scratch: the slow "oracle"
     sink S     S sinks + the last L - S tokens, for each S in --sinks (default 0,1,2,4,8)
 
-Recompute costs a pass over L tokens per scored token (about L / 35 s each on lavapipe), so it
-scores only the last --recompute-tokens of the --tokens (`sinkstar ppl --start`: it sees only
-its window, so nothing before that needs scoring), and the table also gives every run's PPL
-over that same stretch. Writes one CSV per run (tokens_seen,nll,running_ppl,
-gpu_bytes) and the overlay plot streaming_ppl.png into --out-dir, and prints the markdown table
-with the paper's figures (spec section 9) beside ours. The paper's models, text, lengths and
-budgets differ from ours: compare the shape, not the values.
+Recompute costs a pass over L tokens per scored token (about L / 60 s each on an idle lavapipe),
+so it scores only the last --recompute-tokens of the --tokens (`sinkstar ppl --start`: it sees
+only its window, so nothing before that needs scoring), and the table also gives every run's PPL
+over that same stretch, and over the tokens dense scored before its context was full. Writes
+one CSV per run (tokens_seen,nll,running_ppl,gpu_bytes) and the overlay plot streaming_ppl.png
+into --out-dir, and prints the markdown table with the paper's figures (spec section 9) beside
+ours. The paper's models, text, lengths and budgets differ from ours: compare the shape, not the
+values.
 
 Needs the model (scripts/fetch-model.sh), the text (scripts/fetch-text.sh) and a Vulkan adapter
 (lavapipe will do). With --resume, runs whose result file (.out) is already in --out-dir are not
-run again. Smoke test:
-    python3 scripts/streaming_ppl.py --tokens 300 --budget 64 --recompute-tokens 20
+run again: the README's runs are committed in docs/results/streaming_ppl/, so the table and plot
+are rebuilt from them in seconds, and a new run (another --budget, say) adds to them. On this
+2-core machine each 20,000-token ring run took about 10 minutes, dense (to 8192 tokens) about
+25, recompute about 5 s per scored token. Smoke test:
+    python3 scripts/streaming_ppl.py --tokens 300 --budget 64 --recompute-tokens 20 --out-dir /tmp/s
 The README's table:
-    python3 scripts/streaming_ppl.py [--tokens 20000] [--budget 256] [--recompute-tokens 500]
+    python3 scripts/streaming_ppl.py --tokens 20000 --budget 256 --recompute-tokens 200 \
+        --out-dir docs/results --resume
 """
 
 import argparse
@@ -165,6 +170,12 @@ def main():
         stretch = stretch_ppl(run_dir / f"{name}.csv", r0, r1)
         rows.append((policy, s, w, name, n, ppl, full, stretch))
 
+    # Dense stops at the model's context: every run's PPL over the tokens dense scored too, so
+    # that dense is compared on the same stretch.
+    dense_n = next((n for policy, _, _, _, n, _, _, _ in rows if policy == "dense"), None)
+    firsts = [stretch_ppl(run_dir / f"{name}.csv", 0, dense_n) if dense_n else None
+              for _, _, _, name, *_ in rows]
+
     csvs = [str(run_dir / f"{name}.csv") for name in done]
     plot = args.out_dir / "streaming_ppl.png"
     subprocess.run([exe, "plot", "--out", str(plot),
@@ -176,16 +187,20 @@ def main():
           f"cache budget L = {L}, up to {args.tokens} tokens scored from the start of the text; "
           f"recompute scores tokens {r0 + 1}..{r1} only; plot: {plot}\n")
     paper = ["Llama-2-13B T1"] + [f"{m} T2" for m in TABLE2]
-    print(f"| policy | S | W | tokens scored | PPL (ours) | PPL, tokens {r0 + 1}..{r1} (ours) | ‖ | "
-          + " | ".join(paper) + " |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(paper))
-    for policy, s, w, name, n, ppl, full, stretch in rows:
+    first_head = f" PPL, tokens 1..{dense_n} (ours) |" if dense_n else ""
+    print(f"| policy | S | W | tokens scored | PPL (ours) |{first_head} PPL, tokens {r0 + 1}..{r1} "
+          "(ours) | ‖ | " + " | ".join(paper) + " |")
+    print("| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if dense_n else "")
+          + " ---: | --- |" + " ---: |" * len(paper))
+    for (policy, s, w, name, n, ppl, full, stretch), first in zip(rows, firsts):
         t1 = TABLE1.get((policy, s)) if policy == "sink" else TABLE1.get(policy)
         t2_index = TABLE2_SINKS.index(s) if policy in ("sink", "window") and s in TABLE2_SINKS else None
         t2 = [TABLE2[m][t2_index] if t2_index is not None else None for m in TABLE2]
         w_text = "all (true positions)" if w is None else str(w)
         tokens = f"{n} (context full)" if full else str(n)
-        cells = [policy, "–" if s is None else str(s), w_text, tokens, fmt(ppl), fmt(stretch), ""]
+        cells = [policy, "–" if s is None else str(s), w_text, tokens, fmt(ppl)]
+        cells += [fmt(first)] if dense_n else []
+        cells += [fmt(stretch), ""]
         cells += [fmt(x) for x in [t1, *t2]]
         print("| " + " | ".join(cells) + " |")
     print("\nRight of ‖: the StreamingLLM paper's figures (Xiao et al., ICLR 2024) on PG19: T1 = "
