@@ -6,9 +6,12 @@
 //! `q_pos = t` and `k_pos = u`); a sink-window policy uses the same kernel with real `n_sink` and
 //! `window`. Star Attention's phase 1 (star.md §3) is dense attention plus a block mask
 //! (`block`, `anchor`); its phase 2 over several partitions is this kernel on each partition's
-//! cache, the outputs combined by `attention_merge` through their LSEs. Which slot holds which token (`slot_token`) is decided by the host policy in
-//! `crate::attention`; this module only computes. Also here: the RoPE table and the CPU rotation
-//! ([`rope_table`], [`rope_cpu`]) that the CPU forward pass shares.
+//! cache, the outputs combined by `attention_merge` through their LSEs. Which slot holds which
+//! token (`slot_token`) is decided by the host policy in `crate::attention`; this module only
+//! computes. Two forms of one kernel ([`Variant`]): the row form for decode, the tiled form for
+//! prefill (the shader's header says how each spreads the work); one CPU reference serves both.
+//! Also here: the RoPE table and the CPU rotation ([`rope_table`], [`rope_cpu`]) that the CPU
+//! forward pass shares.
 
 use std::sync::Arc;
 
