@@ -149,13 +149,20 @@ impl Params {
         let last_token = self.first_token.saturating_add(self.n_rows - 1);
         let window_frame = if last_token >= self.n_sink {
             (last_token - self.n_sink)
-                .min(self.window.saturating_add(TILE_ROWS - 2))
                 .saturating_add(1)
+                .min(tile_window_rows(self.window))
         } else {
             0
         };
         self.n_pos().max(window_frame)
     }
+}
+
+/// Rows of the RoPE table the tiled form's window frame can reach for a window of `window`
+/// tokens, however far the text has gone: `t - lo(first row of a tile)` is at most
+/// `window + TILE_ROWS - 2`.
+pub fn tile_window_rows(window: u32) -> u32 {
+    window.saturating_add(TILE_ROWS - 1)
 }
 
 /// Query rows of one workgroup of the tiled form.
@@ -212,7 +219,7 @@ impl Variant {
 
     /// The smallest row variant that holds `head_dim`.
     pub fn row_for(head_dim: u32) -> Result<Variant, AttentionError> {
-        let largest = 128;
+        let largest = Variant::ROWS[Variant::ROWS.len() - 1].max_head_dim();
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(AttentionError::HeadDim {
                 head_dim,

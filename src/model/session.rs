@@ -16,7 +16,7 @@ use super::ModelError;
 use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
-use crate::kernels::attention::{self, rope_table, Attention, TILE_ROWS};
+use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
@@ -234,9 +234,9 @@ impl Session {
         let (chunk, cap, span) = (options.max_chunk, n_slots, slots.positions());
         // The RoPE table grows with the positions: checked before it is computed.
         // The tiled attention turns a ring's window keys by their distance to the first row of a
-        // tile: up to window + TILE_ROWS - 2 however far the text has gone.
+        // tile, which does not grow with the text.
         let rope_rows = match options.policy.ring() {
-            Some((_, window)) => span.max(window + TILE_ROWS as usize - 1),
+            Some((_, window)) => span.max(tile_window_rows(window as u32) as usize),
             None => span,
         };
         let rope_bytes = (rope_rows as u64).saturating_mul(c.head_dim as u64 * 4);
