@@ -10,6 +10,7 @@ pub mod attention_merge;
 pub mod embed;
 pub mod kv_write;
 pub mod matmul;
+pub mod mta;
 pub mod rms_norm;
 pub mod sample;
 pub mod swiglu;
@@ -30,6 +31,7 @@ pub const SHADERS: &[(&str, &str)] = shader_table![
     "embed.wgsl",
     "kv_write.wgsl",
     "matmul.wgsl",
+    "mta.wgsl",
     "rms_norm.wgsl",
     "sample.wgsl",
     "swiglu.wgsl",
@@ -48,6 +50,7 @@ pub fn all_variants() -> Vec<Result<PipelineSpec, GpuError>> {
         embed::variants(),
         kv_write::variants(),
         matmul::variants(),
+        mta::variants(),
         rms_norm::variants(),
         sample::variants(),
         swiglu::variants(),

@@ -56,6 +56,7 @@ mod attention_merge;
 mod embed;
 mod kv_write;
 mod matmul;
+mod mta;
 mod rms_norm;
 mod sample;
 mod swiglu;
