@@ -6,6 +6,7 @@ use crate::generate::GenerateError;
 use crate::gpu::GpuError;
 use crate::kernels::attention::AttentionError;
 use crate::kernels::matmul::MatmulError;
+use crate::kernels::mta::MtaError;
 use crate::kernels::sample::SampleError;
 use crate::model::gguf::GgufError;
 use crate::model::ModelError;
@@ -25,6 +26,8 @@ pub enum Error {
     Attention(#[from] AttentionError),
     #[error(transparent)]
     Matmul(#[from] MatmulError),
+    #[error(transparent)]
+    Mta(#[from] MtaError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -46,7 +49,7 @@ impl Error {
             Error::Gpu(GpuError::NoAdapter { .. }) => "no-adapter",
             Error::Gpu(GpuError::BufferTooLarge { .. } | GpuError::Limit { .. }) => "gpu-limit",
             Error::Gpu(_) => "gpu",
-            Error::Attention(_) | Error::Matmul(_) => "kernel",
+            Error::Attention(_) | Error::Matmul(_) | Error::Mta(_) => "kernel",
             Error::Policy(PolicyError::ContextFull { .. }) => "context-full",
             Error::Policy(_) | Error::Star(_) => "policy",
             Error::Sample(_) => "sampling",

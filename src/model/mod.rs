@@ -1,9 +1,10 @@
-//! Model files and the forward pass: GGUF reading, quant block formats, the Llama config and
+//! Model files and the forward pass: GGUF reading, Hugging Face-style safetensors models (MTA), quant block formats, the Llama config and
 //! weights, the CPU reference forward pass and the GPU one that chains the kernels.
 
 pub mod config;
 pub mod forward_cpu;
 pub mod gguf;
+pub mod hf;
 pub mod quant;
 mod session;
 pub mod star;
@@ -44,6 +45,14 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error("unsupported architecture `{arch}`: sinkstar runs llama-family models")]
     UnsupportedArchitecture { arch: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Multi-Token Attention is not defined with {what} (mta.md §7: its convolutions read key columns that eviction or partitioning would change); use the dense policy")]
+    MtaPolicy { what: String },
     #[error("unsupported model: {what}")]
     Unsupported { what: String },
     #[error("invalid model config ({what}): {reason}")]

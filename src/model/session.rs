@@ -21,6 +21,7 @@ use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
 use crate::kernels::matmul::{self, Matmul, MatmulKind};
+use crate::kernels::mta::{Mta, MtaBuffers, MtaPass, MtaShape};
 use crate::kernels::rms_norm::{self, RmsNorm};
 use crate::kernels::sample::{self, HistoryRing, Sample, SamplingParams};
 use crate::kernels::swiglu::{self, Swiglu};
@@ -136,6 +137,8 @@ struct LayerDispatches {
     gate_up: MatmulDispatch,
     swiglu: Dispatch,
     down: MatmulDispatch,
+    /// Multi-Token Attention in place of `attention`, with its row rings.
+    mta: Option<MtaPass>,
 }
 
 /// What a step does after the layers.
@@ -222,6 +225,12 @@ impl Session {
         }
         let trained = c.context_len.max(options.positions.unwrap_or(0));
         options.policy.validate(trained)?;
+        if model.has_mta() && !matches!(options.policy, AttentionPolicy::Dense { .. }) {
+            return Err(ModelError::MtaPolicy {
+                what: format!("the `{}` policy", options.policy.name()),
+            }
+            .into());
+        }
         // The KV cache is the one buffer that grows with the options: check it before
         // computing or allocating anything.
         let n_slots = options.policy.n_slots(options.max_chunk);
@@ -288,7 +297,9 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        let mut arena = UniformArena::new(&gpu, "session params", 15)?;
+        // 15 shared slots, and up to 5 of its own per layer of Multi-Token Attention.
+        let n_mta = model.layers.iter().filter(|l| l.mta.is_some()).count() as u32;
+        let mut arena = UniformArena::new(&gpu, "session params", 15 + 5 * n_mta)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
@@ -316,6 +327,39 @@ impl Session {
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
         let attention_row = Attention::row(&gpu, head_dim)?;
         let attention_tile = Attention::tile(&gpu, head_dim, n_heads, n_kv_heads)?;
+        let mta_kernels = if n_mta > 0 {
+            Some(Mta::new(&gpu)?)
+        } else {
+            None
+        };
+        let mta_shape = MtaShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            key_cap: cap as u32,
+            max_rows: chunk32,
+        };
+        let mta_passes = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, w)| match (&w.mta, &mta_kernels) {
+                (Some((layer, weights)), Some(kernels)) => {
+                    let buffers = MtaBuffers {
+                        q: &b.q,
+                        k_cache: &b.k_cache[l],
+                        v_cache: &b.v_cache[l],
+                        rope: &b.rope,
+                        out: &b.att,
+                    };
+                    let pass = MtaPass::new(
+                        &gpu, kernels, &mut arena, layer, weights, mta_shape, &buffers,
+                    )?;
+                    Ok(Some(pass))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         // `n_rows` is the most rows the tiled form will be given; decode uses one.
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
@@ -369,9 +413,11 @@ impl Session {
         let layers = model
             .layers
             .iter()
+            .zip(mta_passes)
             .enumerate()
-            .map(|(l, w)| {
+            .map(|(l, (w, mta))| {
                 Ok(LayerDispatches {
+                    mta,
                     attn_norm: rms.dispatch(
                         &gpu,
                         arena.binding(p.norm),
@@ -544,6 +590,14 @@ impl Session {
     /// Keeps only the first `n_tokens` tokens of the context. Only while the cache still holds
     /// all of them: always for dense, for a ring only before it evicted any.
     pub fn truncate(&mut self, n_tokens: usize) -> Result<()> {
+        if self.model.has_mta() {
+            // The row rings hold the rows before the next one; after a cut they may hold rows
+            // of the dropped text.
+            return Err(ModelError::MtaPolicy {
+                what: "truncating the context".into(),
+            }
+            .into());
+        }
         let recompute = matches!(self.options.policy, AttentionPolicy::Recompute { .. });
         if recompute || !self.slots.can_truncate(n_tokens) {
             return Err(PolicyError::CannotTruncate {
@@ -569,6 +623,12 @@ impl Session {
     /// cache only: no logits.
     pub fn feed_star(&mut self, tokens: &[u32], star: &StarOptions) -> Result<()> {
         star.validate()?;
+        if self.model.has_mta() {
+            return Err(ModelError::MtaPolicy {
+                what: "Star Attention's partitions".into(),
+            }
+            .into());
+        }
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput.into());
         }
@@ -598,6 +658,12 @@ impl Session {
     /// Makes text token `token` the next one fed, leaving those in between out of this cache
     /// (a Star shard whose part of the text starts later). Dense caches only, forward only.
     pub fn skip_to(&mut self, token: usize) -> Result<()> {
+        if self.model.has_mta() {
+            return Err(ModelError::MtaPolicy {
+                what: "a cache that skips text (a Star shard)".into(),
+            }
+            .into());
+        }
         if self.pending.is_some() {
             return Err(ModelError::InvalidConfig {
                 what: "skip_to".into(),
@@ -1139,6 +1205,11 @@ impl Session {
                 _pad0: 0,
             },
         )?;
+        for layer in &mut self.layers {
+            if let Some(mta) = &mut layer.mta {
+                mta.set_rows(gpu, arena, first_token, rows, 0)?;
+            }
+        }
         arena.set(
             p.swiglu,
             &swiglu::Params {
@@ -1189,6 +1260,10 @@ impl Session {
             record_matmul(gpu, pass, &l.v, rows)?;
             l.kv_write
                 .record_grid(pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
+        }
+        if let Some(mta) = &l.mta {
+            mta.record(pass);
+            return Ok(());
         }
         // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
         let a = &l.attention;

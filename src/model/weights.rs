@@ -8,6 +8,7 @@ use super::gguf::{GgmlType, Gguf};
 use super::ModelError;
 use crate::gpu::{Gpu, TrackedBuffer};
 use crate::kernels::matmul::{upload_weight, WeightFormat};
+use crate::kernels::mta::{MtaLayer, MtaWeights};
 use crate::Result;
 
 /// One weight matrix `W[n_out][n_in]` in its ggml format.
@@ -29,6 +30,9 @@ pub struct LayerWeights {
     /// Gate rows then up rows, `[2 * hidden_dim][dim]`: one matmul yields both halves.
     pub w_gate_up: Weight,
     pub w_down: Weight, // [dim][hidden_dim]
+    /// The layer's Multi-Token Attention settings and weights (Hugging Face-style MTA models
+    /// only, `model::hf`); `None`: standard attention.
+    pub mta: Option<(MtaLayer, MtaWeights)>,
 }
 
 /// A loaded model: config, weights on one GPU.
@@ -104,6 +108,7 @@ impl GpuModel {
                     ffn_norm: norm(&name("ffn_norm"))?,
                     w_gate_up: matrix(&[name("ffn_gate"), name("ffn_up")])?,
                     w_down: one(name("ffn_down"))?,
+                    mta: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -118,6 +123,30 @@ impl GpuModel {
             config,
             gpu,
         })
+    }
+
+    /// A model from weights another loader uploaded (`model::hf`).
+    pub(super) fn from_parts(
+        config: LlamaConfig,
+        gpu: Arc<Gpu>,
+        token_embd: Weight,
+        layers: Vec<LayerWeights>,
+        output_norm: TrackedBuffer,
+        output: Option<Weight>,
+    ) -> GpuModel {
+        GpuModel {
+            config,
+            gpu,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        }
+    }
+
+    /// Whether any layer uses Multi-Token Attention (then only a dense cache will do).
+    pub fn has_mta(&self) -> bool {
+        self.layers.iter().any(|l| l.mta.is_some())
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
