@@ -9,10 +9,12 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::gpu;
+use common::{gpu, Tiny};
 use serde_json::Value;
 use sinkstar::attention::star::StarOptions;
 use sinkstar::attention::AttentionPolicy;
+use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
+use sinkstar::model::gguf::Gguf;
 use sinkstar::model::hf::load_hf_dir;
 use sinkstar::model::{GpuModel, ModelError, Session, SessionOptions};
 use sinkstar::Error;
@@ -249,4 +251,46 @@ fn bad_files_and_settings_are_typed_errors() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("config.json"), "{e}");
+}
+
+#[test]
+fn identity_retrofit_equals_standard_attention() {
+    // A tiny quantized Llama with identity MTA inserted (mta.md §11.1 on a whole model): with
+    // norm and gate off every layer computes standard attention, in one pass, in chunks that
+    // cut the 6-row halo and token by token.
+    let tiny = Tiny {
+        n_layers: 3,
+        ..Tiny::default()
+    };
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
+    let standard = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    let mut retrofit = GpuModel::load(gpu(), &gguf).unwrap();
+    let conv = Some(Conv { q: 6, k: 11 });
+    let layers: Vec<Option<MtaLayer>> = (0..3)
+        .map(|l| {
+            (l != 0).then_some(MtaLayer {
+                pre_conv: conv.filter(|_| l == 1),
+                post_conv: conv.filter(|_| l == 1),
+                pre_mix: true,
+                post_mix: true,
+                mix_size: 2,
+                norm: false,
+                gate: Gate::None,
+                depth_factor: 1.0,
+            })
+        })
+        .collect();
+    retrofit.retrofit_mta(&layers).unwrap();
+    let retrofit = Arc::new(retrofit);
+    let tokens: Vec<u32> = (0..30).map(|i| (i * 37 + 5) % 300).collect();
+    let want = session(&standard, 30).feed_logits(&tokens).unwrap();
+    for max_chunk in [30, 4, 1] {
+        let got = session(&retrofit, max_chunk).feed_logits(&tokens).unwrap();
+        assert_logits(&format!("identity MTA, chunks of {max_chunk}"), &got, &want);
+    }
+    let bad = vec![None; 2];
+    assert!(GpuModel::load(gpu(), &gguf)
+        .unwrap()
+        .retrofit_mta(&bad)
+        .is_err());
 }

@@ -664,6 +664,14 @@ impl MtaPass {
         self.owned.iter().map(|b| b.size()).sum()
     }
 
+    /// Bytes of the rows its rings keep from one step to the next: `c_q - 1` per convolution
+    /// (mta.md §7's row ring); the rest of the maps is rewritten by every step.
+    pub fn ring_bytes(&self) -> u64 {
+        let halo = |conv: Option<Conv>| conv.map_or(0, |c| c.q - 1);
+        let rows = halo(self.layer.pre_conv) + halo(self.layer.post_conv);
+        self.shape.map_bytes(rows)
+    }
+
     /// The params of every stage for rows `first_token..first_token + n_rows` of a document
     /// that starts at token `seq_start`. Rows must come in text order, each chunk right after
     /// the one before (the rings then hold the halo rows).

@@ -538,6 +538,15 @@ impl Session {
         })
     }
 
+    /// Multi-Token Attention's GPU memory: the row rings kept between steps, and all its maps
+    /// and weights (both 0 for a model without MTA).
+    pub fn mta_bytes(&self) -> (u64, u64) {
+        let passes = self.layers.iter().filter_map(|l| l.mta.as_ref());
+        passes.fold((0, 0), |(ring, all), p| {
+            (ring + p.ring_bytes(), all + p.gpu_bytes())
+        })
+    }
+
     pub fn model(&self) -> &Arc<GpuModel> {
         &self.model
     }

@@ -144,6 +144,37 @@ impl GpuModel {
         }
     }
 
+    /// Inserts Multi-Token Attention into a trained model with identity kernels and mixes,
+    /// `γ = 1` and a zero gate (mta.md §6's init; the paper's Appendix I retrofits Llama this
+    /// way before finetuning): `layers[l]` for layer `l`, `None` keeping standard attention.
+    /// Without norm and gate the outputs are unchanged; sinkstar uses it to measure what MTA
+    /// costs on a real model's shapes (`sinkstar bench --mta`).
+    pub fn retrofit_mta(&mut self, layers: &[Option<MtaLayer>]) -> Result<(), ModelError> {
+        let c = &self.config;
+        if layers.len() != c.n_layers {
+            return Err(ModelError::InvalidConfig {
+                what: "MTA retrofit".into(),
+                reason: format!("{} layer settings for {} layers", layers.len(), c.n_layers),
+            });
+        }
+        for (weights, layer) in self.layers.iter_mut().zip(layers) {
+            weights.mta = match layer {
+                None => None,
+                Some(layer) => {
+                    layer
+                        .validate(c.n_heads as u32)
+                        .map_err(|e| ModelError::InvalidConfig {
+                            what: "MTA retrofit".into(),
+                            reason: e.to_string(),
+                        })?;
+                    let identity = MtaWeights::identity(layer, c.n_heads as u32, c.head_dim as u32);
+                    Some((*layer, identity))
+                }
+            };
+        }
+        Ok(())
+    }
+
     /// Whether any layer uses Multi-Token Attention (then only a dense cache will do).
     pub fn has_mta(&self) -> bool {
         self.layers.iter().any(|l| l.mta.is_some())

@@ -4,12 +4,14 @@
 //! history; `dense` stops at its context).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
+use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
 use sinkstar::model::{sinkstar_home, Session, SessionOptions};
 use sinkstar::tokenizer::Tokenizer;
 
@@ -44,8 +46,33 @@ pub struct BenchArgs {
     /// Only the --history measurements, not the prefill and short-decode ones
     #[arg(long, requires = "history")]
     history_only: bool,
+    /// Insert Multi-Token Attention with identity kernels (the paper's LM configuration:
+    /// 6x11 pre- and post-softmax convolutions in every 4th layer from layer 2, head mixing
+    /// over all heads, group norm and scalar gate everywhere) to measure what it costs
+    #[arg(long)]
+    mta: bool,
     #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// mta.md §6's configuration of the paper's language models, for `n_layers` layers.
+fn paper_mta_layers(n_layers: usize, n_heads: usize) -> Vec<Option<MtaLayer>> {
+    let conv = Some(Conv { q: 6, k: 11 });
+    (0..n_layers)
+        .map(|l| {
+            let conv = conv.filter(|_| l % 4 == 2);
+            Some(MtaLayer {
+                pre_conv: conv,
+                post_conv: conv,
+                pre_mix: true,
+                post_mix: true,
+                mix_size: n_heads as u32,
+                norm: true,
+                gate: Gate::Scalar,
+                depth_factor: 1.0,
+            })
+        })
+        .collect()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -63,7 +90,7 @@ fn bench_prompt(tokenizer: &Tokenizer, n_tokens: usize) -> anyhow::Result<Vec<u3
 }
 
 pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
-    let loaded = load(cli)?;
+    let mut loaded = load(cli)?;
     let gpu = loaded.model.gpu().clone();
     println!(
         "device: {} ({:?}, {:?})",
@@ -73,6 +100,19 @@ pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         "device": gpu.info.name,
         "backend": format!("{:?}", gpu.info.backend),
     });
+    if args.mta {
+        let c = loaded.model.config.clone();
+        let model = Arc::get_mut(&mut loaded.model).context("the model is shared")?;
+        model.retrofit_mta(&paper_mta_layers(c.n_layers, c.n_heads))?;
+        let n_conv = (0..c.n_layers).filter(|l| l % 4 == 2).count();
+        println!(
+            "mta: identity-initialised, 6x11 pre/post convolutions in {n_conv} of {} layers, \
+             mixing over all {} heads, group norm and gate in every layer",
+            c.n_layers, c.n_heads
+        );
+        result["mta"] = serde_json::json!({"conv_layers": n_conv, "conv": [6, 11],
+                                           "mix_size": c.n_heads, "gate": "scalar"});
+    }
     if !args.history_only {
         let basic = bench_basic(&loaded, args)?;
         for (key, value) in basic {
@@ -150,6 +190,15 @@ fn bench_basic(
     );
     let memory = gpu.allocated_bytes();
     println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
+    let (ring_bytes, map_bytes) = session.mta_bytes();
+    if map_bytes > 0 {
+        println!(
+            "  of which MTA attention maps {:.1} MiB, their row rings (the c_q - 1 rows kept \
+             between steps) {:.2} MiB",
+            map_bytes as f64 / 1048576.0,
+            ring_bytes as f64 / 1048576.0
+        );
+    }
     Ok(vec![
         (
             "prefill",
@@ -162,6 +211,8 @@ fn bench_basic(
         ("decode_tok_per_s", decode_rate.into()),
         ("decode_dispatches", dispatches.into()),
         ("gpu_memory_bytes", memory.into()),
+        ("mta_map_bytes", map_bytes.into()),
+        ("mta_ring_bytes", ring_bytes.into()),
     ])
 }
 

@@ -20,7 +20,7 @@ use sinkstar::model::{default_model_path, GpuModel, LlamaConfig, Session, Sessio
 use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
 use sinkstar::tokenizer::Tokenizer;
 
-use crate::{ask, bench, plot, ppl, serve};
+use crate::{ask, bench, mta_toy, plot, ppl, serve};
 
 #[derive(Parser)]
 #[command(version, about = "LLM runtime on WGSL compute shaders")]
@@ -85,6 +85,9 @@ enum Command {
     /// Serves the browser demo (www/), the npm package with its WASM build (pkg/) and the
     /// models on 127.0.0.1
     Serve(serve::ServeArgs),
+    /// The Multi-Token Attention paper's toy task: the models of scripts/mta_toy.py answer
+    /// its held-out puzzles on sinkstar's kernels
+    MtaToy(mta_toy::MtaToyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -462,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ppl(args) => ppl::ppl(&cli, args),
         Command::Plot(args) => plot::plot_command(args),
         Command::Serve(args) => serve::serve(cli.model.as_deref(), args),
+        Command::MtaToy(args) => mta_toy::mta_toy(&cli, args),
     }
 }
 
