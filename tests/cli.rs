@@ -1,6 +1,6 @@
 //! The `sinkstar` binary end to end: `ppl` on the real model (scripts/fetch-model.sh puts it in
 //! $SINKSTAR_HOME, default ~/.cache/sinkstar) over a short text, `ask` about a short document
-//! with a pass key in it, and `plot` on CSV files. Run
+//! with a pass key in it, `plot` on CSV files and `mta-toy` on the golden MTA model. Run
 //! on whatever adapter wgpu picks (lavapipe will do); `plot` needs DejaVu Sans
 //! (fonts-dejavu-core, scripts/setup.sh).
 
@@ -312,4 +312,69 @@ fn chat_reads_a_document_with_slash_doc_then_resets_to_the_ring() {
     assert!(replies[1].contains("Paris"), "{out}");
     // After /reset the chat is back on its sink ring.
     assert!(err.contains("(sink)"), "{err}");
+}
+
+#[test]
+fn mta_toy_scores_the_models_of_a_directory() {
+    // `mta-toy` with golden MTA model a standing in for both trained ones: its greedy next
+    // token after a golden case (the argmax of PyTorch's logits) is a right answer, the token
+    // after it a wrong one, so each must score exactly 1 of 2.
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/mta");
+    let dir = scratch("mta-toy");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["standard", "mta"] {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(golden.join("a").join(file), to.join(file)).unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(golden.join("a/golden.json")).unwrap();
+    let case: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = &case["cases"][1];
+    let last = case["logits"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_array()
+        .unwrap();
+    let argmax = (0..last.len())
+        .max_by(|&i, &j| {
+            last[i]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&last[j].as_f64().unwrap())
+        })
+        .unwrap();
+    let prompt = &case["tokens"];
+    let lines = [
+        serde_json::json!({"prompt": prompt, "answer": [argmax]}),
+        serde_json::json!({"prompt": prompt, "answer": [(argmax + 1) % last.len()]}),
+    ];
+    let jsonl: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("test.jsonl"), jsonl).unwrap();
+    let json = scratch("mta-toy.json");
+    let dir_arg = dir.to_str().unwrap();
+    let out = sinkstar(&[
+        "mta-toy",
+        "--dir",
+        dir_arg,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("| standard | 2 | 50.0% (1 wrong) |"),
+        "{text}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(result["standard"]["wrong"], 1);
+    assert_eq!(result["mta"]["wrong"], 1);
+
+    let out = sinkstar(&["mta-toy", "--dir", scratch("no-such-dir").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run scripts/mta_toy.py first"));
 }
