@@ -45,34 +45,11 @@ impl LlamaConfig {
             Some(_) => gguf.get_usize(&key("vocab_size"))?,
             None => gguf.get_array("tokenizer.ggml.tokens")?.len(),
         };
-        let invalid = |what: &str, reason: String| ModelError::InvalidConfig {
-            what: what.to_string(),
-            reason,
-        };
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(invalid(
-                "head counts",
-                format!(
-                    "{n_heads} query heads must be a positive multiple of {n_kv_heads} kv heads"
-                ),
-            ));
-        }
-        if dim == 0 || dim % n_heads != 0 {
-            return Err(invalid(
-                "embedding_length",
-                format!("{dim} is not a positive multiple of {n_heads} heads"),
-            ));
-        }
+        check_heads(dim, n_heads, n_kv_heads)?;
         let head_dim = match gguf.get(&key("attention.key_length")) {
             Some(_) => gguf.get_usize(&key("attention.key_length"))?,
             None => dim / n_heads,
         };
-        if head_dim % 2 != 0 {
-            return Err(invalid(
-                "head_dim",
-                format!("{head_dim} is odd: RoPE rotates pairs"),
-            ));
-        }
         if gguf.get(&key("rope.dimension_count")).is_some() {
             let rope_dims = gguf.get_usize(&key("rope.dimension_count"))?;
             if rope_dims != head_dim {
@@ -104,35 +81,50 @@ impl LlamaConfig {
             bos,
             eos: gguf.get_u32("tokenizer.ggml.eos_token_id")?,
         };
-        if config.n_layers == 0 || config.hidden_dim == 0 || config.vocab_size == 0 {
+        config.check()?;
+        config.check_tensors(gguf)?;
+        Ok(config)
+    }
+
+    /// What every loader checks once the numbers are read (the head counts before, with
+    /// [`check_heads`]): an even head width, positive sizes, RoPE base and RMS epsilon, and
+    /// special tokens inside the vocabulary.
+    pub(super) fn check(&self) -> Result<(), ModelError> {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                "head_dim",
+                format!("{} must be even: RoPE rotates pairs", self.head_dim),
+            ));
+        }
+        if self.n_layers == 0
+            || self.hidden_dim == 0
+            || self.vocab_size == 0
+            || self.context_len == 0
+        {
             return Err(invalid(
                 "sizes",
                 format!(
-                    "block_count {}, feed_forward_length {}, vocab {} must all be positive",
-                    config.n_layers, config.hidden_dim, config.vocab_size
+                    "layers {}, feed-forward width {}, vocab {}, context {} must all be positive",
+                    self.n_layers, self.hidden_dim, self.vocab_size, self.context_len
                 ),
             ));
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        if !positive(config.rope_base) || !positive(config.rms_eps) {
+        if !positive(self.rope_base) || !positive(self.rms_eps) {
             return Err(invalid(
                 "rope base / rms eps",
-                format!(
-                    "{} and {} must be positive",
-                    config.rope_base, config.rms_eps
-                ),
+                format!("{} and {} must be positive", self.rope_base, self.rms_eps),
             ));
         }
-        for id in config.bos.iter().chain([&config.eos]) {
-            if *id as usize >= config.vocab_size {
+        for id in self.bos.iter().chain([&self.eos]) {
+            if *id as usize >= self.vocab_size {
                 return Err(invalid(
                     "special token ids",
-                    format!("id {id} is outside the vocabulary of {}", config.vocab_size),
+                    format!("id {id} is outside the vocabulary of {}", self.vocab_size),
                 ));
             }
         }
-        config.check_tensors(gguf)?;
-        Ok(config)
+        Ok(())
     }
 
     pub fn q_dim(&self) -> usize {
@@ -202,6 +194,31 @@ impl LlamaConfig {
         }
         Ok(())
     }
+}
+
+fn invalid(what: &str, reason: String) -> ModelError {
+    ModelError::InvalidConfig {
+        what: what.to_string(),
+        reason,
+    }
+}
+
+/// Query heads in whole groups over the kv heads, and a width they divide: checked before
+/// anything is derived from them.
+pub(super) fn check_heads(dim: usize, n_heads: usize, n_kv_heads: usize) -> Result<(), ModelError> {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(invalid(
+            "head counts",
+            format!("{n_heads} query heads must be a positive multiple of {n_kv_heads} kv heads"),
+        ));
+    }
+    if dim == 0 || !dim.is_multiple_of(n_heads) {
+        return Err(invalid(
+            "width",
+            format!("{dim} is not a positive multiple of {n_heads} heads"),
+        ));
+    }
+    Ok(())
 }
 
 /// The tensor called `name`, or `ModelError::MissingTensor`.

@@ -35,7 +35,7 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
-use super::config::LlamaConfig;
+use super::config::{check_heads, LlamaConfig};
 use super::weights::{GpuModel, LayerWeights, Weight};
 use super::ModelError;
 use crate::gpu::Gpu;
@@ -209,27 +209,8 @@ impl HfConfig {
         let dim = f.usize("hidden_size")?;
         let n_heads = f.usize("num_attention_heads")?;
         let n_kv_heads = f.usize_or("num_key_value_heads", n_heads)?;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(invalid(
-                "head counts",
-                format!(
-                    "{n_heads} query heads must be a positive multiple of {n_kv_heads} kv heads"
-                ),
-            ));
-        }
-        if dim == 0 || dim % n_heads != 0 {
-            return Err(invalid(
-                "hidden_size",
-                format!("{dim} is not a positive multiple of {n_heads} heads"),
-            ));
-        }
+        check_heads(dim, n_heads, n_kv_heads)?;
         let head_dim = f.usize_or("head_dim", dim / n_heads)?;
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(invalid(
-                "head_dim",
-                format!("{head_dim} must be even: RoPE rotates pairs"),
-            ));
-        }
         let vocab_size = f.usize("vocab_size")?;
         let llama = LlamaConfig {
             n_layers: f.usize("num_hidden_layers")?,
@@ -248,25 +229,7 @@ impl HfConfig {
                 .token("eos_token_id")?
                 .ok_or_else(|| invalid("config.json", "`eos_token_id` is missing"))?,
         };
-        if llama.n_layers == 0 || llama.hidden_dim == 0 || vocab_size == 0 || llama.context_len == 0
-        {
-            return Err(invalid(
-                "sizes",
-                "num_hidden_layers, intermediate_size, vocab_size and max_position_embeddings must be positive",
-            ));
-        }
-        let positive = |v: f32| v.is_finite() && v > 0.0;
-        if !positive(llama.rope_base) || !positive(llama.rms_eps) {
-            return Err(invalid("rope_theta / rms_norm_eps", "must be positive"));
-        }
-        for id in llama.bos.iter().chain([&llama.eos]) {
-            if *id as usize >= vocab_size {
-                return Err(invalid(
-                    "special token ids",
-                    format!("id {id} is outside the vocabulary of {vocab_size}"),
-                ));
-            }
-        }
+        llama.check()?;
         let mta = match f.get("mta") {
             None => None,
             Some(v) => Some(mta_layers(v, &llama)?),
