@@ -664,6 +664,11 @@ impl MtaPass {
         self.owned.iter().map(|b| b.size()).sum()
     }
 
+    /// Dispatches it records per step (3 to 5: a mix only where the layer has one).
+    pub fn n_dispatches(&self) -> usize {
+        self.steps.len()
+    }
+
     /// Bytes of the rows its rings keep from one step to the next: `c_q - 1` per convolution
     /// (mta.md §7's row ring); the rest of the maps is rewritten by every step.
     pub fn ring_bytes(&self) -> u64 {

@@ -571,7 +571,14 @@ impl Session {
 
     /// Dispatches recorded by one decode step (layers, head and sampler).
     pub fn decode_dispatches(&self) -> usize {
-        1 + self.layers.len() * 11 + 3
+        // An MTA layer runs its stages in place of the one attention dispatch.
+        let mta_extra: usize = self
+            .layers
+            .iter()
+            .filter_map(|l| l.mta.as_ref())
+            .map(|mta| mta.n_dispatches() - 1)
+            .sum();
+        1 + self.layers.len() * 11 + 3 + mta_extra
     }
 
     /// The slot the next token goes to: the ring's write head.
