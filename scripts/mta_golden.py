@@ -16,9 +16,11 @@ Two models exercise every switch between them (src/model/hf.rs documents the fil
   b: bfloat16 matrices, float16 norms and MTA tensors, 2 layers, 6 heads over 3 kv heads of 8,
      an LM head of its own; a 6x11 pre-softmax convolution in layer 0 (wider than the shortest
      sequences), pre-softmax mixing in pairs, group norm, vector gate, depth scaling.
-Weights are random (seeded): kernels and mixes are identity plus noise, so that every tap
-matters without washing the attention out. For each model it writes, under --out-dir/NAME/:
-config.json, model.safetensors and golden.json {"source", "tolerance_note", "cases": [{"tokens",
+Weights are random, drawn by a seeded splitmix64 generator that tests/common/mod.rs repeats:
+kernels and mixes are identity plus noise, so that every tap matters without washing the
+attention out. For each model it writes, under --out-dir/NAME/: config.json, recipe.json (each
+tensor's name, shape, dtype, scale and base: the tests rebuild model.safetensors from it, so no
+weights file is committed; --safetensors writes one too) and golden.json {"source", "tolerance_note", "cases": [{"tokens",
 "logits": [T][vocab]}]}: the logits of every position of three token sequences (40, 5 and 1
 tokens), computed in float64 from the stored (rounded) weights.
 
@@ -56,56 +58,91 @@ RMS_EPS = 1e-5
 GROUP_NORM_EPS = 1e-5
 
 
+MASK64 = (1 << 64) - 1
+
+
+def uniform(name, seed, n):
+    """n values in [-1, 1): splitmix64 seeded by FNV-1a of the tensor's name and the model's
+    seed, the top 53 bits of each output. tests/common/mod.rs draws the same numbers to rebuild
+    the weights, so that only this recipe is committed, never a weights file."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode():
+        h = ((h ^ byte) * 0x100000001B3) & MASK64
+    state = h ^ seed
+    out = []
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) & MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        out.append((z >> 11) * 2.0 ** -53 * 2 - 1)
+    return out
+
+
 def random_model(name, m, seed):
-    """Every tensor of the model by its Hugging Face name, rounded to its stored dtype."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale):
-        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-
+    """The recipe of every tensor (name, shape, dtype, scale, base) and the tensors it makes,
+    rounded to their stored dtype (through float32, as the Rust side rounds)."""
     dim, hd = m["dim"], m["dim"] // m["n_heads"]
     q_dim, kv_dim = m["n_heads"] * hd, m["n_kv_heads"] * hd
     mta = m["mta"]
-    t = {}
     big, small = m["dtype"], m["small_dtype"]
-    t["model.embed_tokens.weight"] = (rand(m["vocab"], dim, scale=1.0), big)
+    recipe = []
+
+    def add(tensor, shape, dtype, scale, base="zero"):
+        recipe.append({"name": tensor, "shape": list(shape), "dtype": DTYPE_NAMES[dtype],
+                       "scale": scale, "base": base})
+
+    add("model.embed_tokens.weight", (m["vocab"], dim), big, 1.0)
     if not m["tied"]:
-        t["lm_head.weight"] = (rand(m["vocab"], dim, scale=0.3), big)
-    t["model.norm.weight"] = (1 + rand(dim, scale=0.2), small)
+        add("lm_head.weight", (m["vocab"], dim), big, 0.3)
+    add("model.norm.weight", (dim,), small, 0.2, "one")
     for l in range(m["n_layers"]):
         p = f"model.layers.{l}."
-        t[p + "input_layernorm.weight"] = (1 + rand(dim, scale=0.2), small)
-        t[p + "post_attention_layernorm.weight"] = (1 + rand(dim, scale=0.2), small)
+        add(p + "input_layernorm.weight", (dim,), small, 0.2, "one")
+        add(p + "post_attention_layernorm.weight", (dim,), small, 0.2, "one")
         # Queries scaled up so that attention is far from uniform.
-        t[p + "self_attn.q_proj.weight"] = (rand(q_dim, dim, scale=0.6), big)
-        t[p + "self_attn.k_proj.weight"] = (rand(kv_dim, dim, scale=0.3), big)
-        t[p + "self_attn.v_proj.weight"] = (rand(kv_dim, dim, scale=0.3), big)
-        t[p + "self_attn.o_proj.weight"] = (rand(dim, q_dim, scale=0.3), big)
-        t[p + "mlp.gate_proj.weight"] = (rand(m["hidden"], dim, scale=0.3), big)
-        t[p + "mlp.up_proj.weight"] = (rand(m["hidden"], dim, scale=0.3), big)
-        t[p + "mlp.down_proj.weight"] = (rand(dim, m["hidden"], scale=0.3), big)
+        add(p + "self_attn.q_proj.weight", (q_dim, dim), big, 0.6)
+        add(p + "self_attn.k_proj.weight", (kv_dim, dim), big, 0.3)
+        add(p + "self_attn.v_proj.weight", (kv_dim, dim), big, 0.3)
+        add(p + "self_attn.o_proj.weight", (dim, q_dim), big, 0.3)
+        add(p + "mlp.gate_proj.weight", (m["hidden"], dim), big, 0.3)
+        add(p + "mlp.up_proj.weight", (m["hidden"], dim), big, 0.3)
+        add(p + "mlp.down_proj.weight", (dim, m["hidden"]), big, 0.3)
         a = p + "self_attn.mta."
         for part in ("pre_conv", "post_conv"):
             if mta[part] and l in mta["conv_layers"]:
                 cq, ck = mta[part]
-                theta = rand(m["n_heads"], cq, ck, scale=0.3)
-                theta[:, cq - 1, (ck - 1) // 2] += 1.0
-                t[a + part] = (theta, small)
+                add(a + part, (m["n_heads"], cq, ck), small, 0.3, "identity_conv")
         c = mta["mix_size"]
         for part in ("pre_mix", "post_mix"):
             if mta[part]:
-                w = rand(m["n_heads"] // c, c, c, scale=0.3) + torch.eye(c, dtype=torch.float64)
-                t[a + part] = (w, small)
+                add(a + part, (m["n_heads"] // c, c, c), small, 0.3, "identity_mix")
         if mta["group_norm"]:
-            t[a + "norm"] = (1 + rand(hd, scale=0.3), small)
+            add(a + "norm", (hd,), small, 0.3, "one")
         if mta["gate"] == "scalar":
-            t[a + "gate_weight"] = (rand(hd, scale=0.5), small)
-            t[a + "gate_bias"] = (rand(1, scale=0.5), small)
+            add(a + "gate_weight", (hd,), small, 0.5)
+            add(a + "gate_bias", (1,), small, 0.5)
         elif mta["gate"] == "vector":
-            t[a + "gate_weight"] = (rand(hd, hd, scale=0.5), small)
-            t[a + "gate_bias"] = (rand(hd, scale=0.5), small)
-    stored = {k: v.to(dt).contiguous() for k, (v, dt) in t.items()}
-    return stored
+            add(a + "gate_weight", (hd, hd), small, 0.5)
+            add(a + "gate_bias", (hd,), small, 0.5)
+    stored = {}
+    for r in recipe:
+        shape = r["shape"]
+        v = torch.tensor(uniform(r["name"], seed, math.prod(shape)), dtype=torch.float64)
+        v = (v * r["scale"]).reshape(shape)
+        if r["base"] == "one":
+            v += 1.0
+        elif r["base"] == "identity_conv":
+            v[:, shape[1] - 1, (shape[2] - 1) // 2] += 1.0
+        elif r["base"] == "identity_mix":
+            v += torch.eye(shape[1], dtype=torch.float64)
+        dtype = {v: k for k, v in DTYPE_NAMES.items()}[r["dtype"]]
+        stored[r["name"]] = v.to(torch.float32).to(dtype).contiguous()
+    return recipe, stored
+
+
+DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
 def rms_norm(x, w, eps):
@@ -218,13 +255,17 @@ def config_json(m):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default="tests/golden/mta")
+    ap.add_argument("--safetensors", action="store_true",
+                    help="also write model.safetensors (the tests rebuild it from recipe.json)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     for seed, (name, m) in enumerate(MODELS.items()):
         out = pathlib.Path(args.out_dir) / name
         out.mkdir(parents=True, exist_ok=True)
-        stored = random_model(name, m, 1000 + seed)
-        save_file(stored, out / "model.safetensors")
+        recipe, stored = random_model(name, m, 1000 + seed)
+        (out / "recipe.json").write_text(json.dumps({"seed": 1000 + seed, "tensors": recipe}, indent=1) + "\n")
+        if args.safetensors:
+            save_file(stored, out / "model.safetensors")
         (out / "config.json").write_text(json.dumps(config_json(m), indent=2) + "\n")
         w = {k: v.to(torch.float64) for k, v in stored.items()}
         g = torch.Generator().manual_seed(2000 + seed)

@@ -4,6 +4,8 @@
 //! on whatever adapter wgpu picks (lavapipe will do); `plot` needs DejaVu Sans
 //! (fonts-dejavu-core, scripts/setup.sh).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -323,11 +325,7 @@ fn mta_toy_scores_the_models_of_a_directory() {
     let dir = scratch("mta-toy");
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["standard", "mta"] {
-        let to = dir.join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(golden.join("a").join(file), to.join(file)).unwrap();
-        }
+        common::write_mta_golden("a", &dir.join(name));
     }
     let text = std::fs::read_to_string(golden.join("a/golden.json")).unwrap();
     let case: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -1,6 +1,6 @@
 //! Multi-Token Attention models from Hugging Face-style files against PyTorch: the two random
 //! MTA-Llamas of `scripts/mta_golden.py` (tests/golden/mta/, every MTA switch between them, F32,
-//! F16 and BF16 tensors) loaded by `GpuModel::load_hf`, their logits at every position compared
+//! F16 and BF16 tensors; rebuilt from the script's recipe) loaded by `GpuModel::load_hf`, their logits at every position compared
 //! with the script's float64 ones in single-pass prefill, chunked prefill and token-by-token
 //! decode; then the files and settings sinkstar must refuse.
 
@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{gpu, Tiny};
+use common::{gpu, mta_golden, write_mta_golden, Tiny};
 use serde_json::Value;
 use sinkstar::attention::star::StarOptions;
 use sinkstar::attention::AttentionPolicy;
@@ -29,12 +29,11 @@ fn golden_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn files(name: &str) -> (String, Vec<u8>) {
-    let dir = golden_dir(name);
-    (
-        std::fs::read_to_string(dir.join("config.json")).unwrap(),
-        std::fs::read(dir.join("model.safetensors")).unwrap(),
-    )
+/// The golden model `name` as a directory `load_hf_dir` reads, rebuilt from its recipe.
+fn model_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mta-golden-{name}"));
+    write_mta_golden(name, &dir);
+    dir
 }
 
 struct Case {
@@ -104,7 +103,7 @@ fn assert_logits(what: &str, got: &[f32], want: &[f32]) {
 #[test]
 fn golden_logits_prefill_chunks_and_decode() {
     for name in ["a", "b"] {
-        let model = Arc::new(load_hf_dir(gpu(), &golden_dir(name)).unwrap());
+        let model = Arc::new(load_hf_dir(gpu(), &model_dir(name)).unwrap());
         assert!(model.has_mta());
         for (i, case) in cases(name).iter().enumerate() {
             let n = case.tokens.len();
@@ -122,7 +121,7 @@ fn golden_logits_prefill_chunks_and_decode() {
 
 #[test]
 fn policies_mta_does_not_define_are_refused() {
-    let model = Arc::new(load_hf_dir(gpu(), &golden_dir("a")).unwrap());
+    let model = Arc::new(load_hf_dir(gpu(), &model_dir("a")).unwrap());
     for policy in [
         AttentionPolicy::Sink {
             n_sink: 4,
@@ -184,7 +183,7 @@ fn load_error(config: &str, weights: &[u8]) -> String {
 
 #[test]
 fn bad_files_and_settings_are_typed_errors() {
-    let (config, weights) = files("a");
+    let (config, weights) = mta_golden("a");
     let conv = "model.layers.1.self_attn.mta.pre_conv";
     // A missing, a misnamed and a wrongly shaped MTA tensor. (Renamed rather than removed:
     // the format wants the data covered without gaps.)

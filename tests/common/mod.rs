@@ -144,3 +144,96 @@ impl Tiny {
         self.gguf_with(|_| {})
     }
 }
+
+/// The Multi-Token Attention golden model `name` of `scripts/mta_golden.py` (tests/golden/mta):
+/// its config.json text and its model.safetensors bytes, rebuilt from recipe.json with the
+/// script's seeded generator (no weights file is committed).
+pub fn mta_golden(name: &str) -> (String, Vec<u8>) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/mta")
+        .join(name);
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let recipe: serde_json::Value = serde_json::from_str(&read("recipe.json")).unwrap();
+    let seed = recipe["seed"].as_u64().unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for t in recipe["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let scale = t["scale"].as_f64().unwrap();
+        let dtype = t["dtype"].as_str().unwrap();
+        let n: usize = shape.iter().product();
+        let start = data.len();
+        for (i, u) in golden_uniform(name, seed, n).into_iter().enumerate() {
+            let base = match t["base"].as_str().unwrap() {
+                "zero" => 0.0,
+                "one" => 1.0,
+                // [heads, c_q, c_k]: the current query's row, the centred key.
+                "identity_conv" => {
+                    let (cq, ck) = (shape[1], shape[2]);
+                    let at = i % (cq * ck);
+                    f64::from(u8::from(at == (cq - 1) * ck + (ck - 1) / 2))
+                }
+                // [groups, c, c]: the diagonal.
+                "identity_mix" => {
+                    let c = shape[1];
+                    f64::from(u8::from(i % (c * c) / c == i % c))
+                }
+                other => panic!("recipe base {other}"),
+            };
+            let value = (u * scale + base) as f32;
+            match dtype {
+                "F32" => data.extend_from_slice(&value.to_le_bytes()),
+                "F16" => data.extend_from_slice(&half::f16::from_f32(value).to_le_bytes()),
+                "BF16" => data.extend_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
+                other => panic!("recipe dtype {other}"),
+            }
+        }
+        header.insert(
+            name.into(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    // The format pads the header with spaces to a multiple of 8.
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text);
+    bytes.extend(data);
+    (read("config.json"), bytes)
+}
+
+/// [`mta_golden`] written as a Hugging Face-style directory under `dir`.
+pub fn write_mta_golden(name: &str, dir: &std::path::Path) {
+    let (config, weights) = mta_golden(name);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+}
+
+/// `scripts/mta_golden.py`'s `uniform`: splitmix64 seeded by FNV-1a of `name` xor `seed`, the
+/// top 53 bits of each output mapped to [-1, 1).
+fn golden_uniform(name: &str, seed: u64, n: usize) -> Vec<f64> {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for &byte in name.as_bytes() {
+        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
+    }
+    let mut state = h ^ seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 * 2f64.powi(-53) * 2.0 - 1.0
+        })
+        .collect()
+}
