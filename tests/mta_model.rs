@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{gpu, mta_golden, write_mta_golden, Tiny};
+use common::{gpu, mta_golden, safetensors_file, write_mta_golden, Tiny};
 use serde_json::Value;
 use sinkstar::attention::star::StarOptions;
 use sinkstar::attention::AttentionPolicy;
@@ -163,15 +163,7 @@ fn edited(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, Value>)) 
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     edit(header.as_object_mut().unwrap());
-    let mut text = serde_json::to_vec(&header).unwrap();
-    // The format pads the header with spaces to a multiple of 8.
-    while !text.len().is_multiple_of(8) {
-        text.push(b' ');
-    }
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend(text);
-    out.extend_from_slice(&bytes[8 + header_len..]);
-    out
+    safetensors_file(header.as_object().unwrap(), &bytes[8 + header_len..])
 }
 
 fn load_error(config: &str, weights: &[u8]) -> String {

@@ -199,15 +199,23 @@ pub fn mta_golden(name: &str) -> (String, Vec<u8>) {
             serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
-    let mut text = serde_json::to_vec(&header).unwrap();
+    (read("config.json"), safetensors_file(&header, &data))
+}
+
+/// A safetensors file of `header` (name → dtype, shape, data_offsets) and `data`.
+pub fn safetensors_file(
+    header: &serde_json::Map<String, serde_json::Value>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut text = serde_json::to_vec(header).unwrap();
     // The format pads the header with spaces to a multiple of 8.
     while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
     bytes.extend(text);
-    bytes.extend(data);
-    (read("config.json"), bytes)
+    bytes.extend_from_slice(data);
+    bytes
 }
 
 /// [`mta_golden`] written as a Hugging Face-style directory under `dir`.
