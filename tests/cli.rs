@@ -376,3 +376,125 @@ fn mta_toy_scores_the_models_of_a_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("run scripts/mta_toy.py first"));
 }
+
+#[test]
+fn a_hugging_face_directory_generates_and_chats() {
+    // Golden MTA model a with the byte-level BPE tokenizer of tests/golden/tokenizer: the
+    // directory's tokenizer.json encodes the prompt, its chat template wraps the turn, and an
+    // MTA model defaults to dense attention.
+    let dir = scratch("hf-chat");
+    common::write_hf_chat_model(&dir);
+    let model = dir.to_str().unwrap();
+    let prompt = "Emma Woodhouse, handsome, clever, and rich";
+    let out = sinkstar(&[
+        "--model",
+        model,
+        "generate",
+        "--prompt",
+        prompt,
+        "--json",
+        "--max-tokens",
+        "6",
+    ]);
+    assert!(out.status.success());
+    let json: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let tokens: Vec<u32> = json["tokenIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+
+    // The same through the library: tokenizer.json, the model, greedy decode.
+    let (tokenizer, template) = sinkstar::tokenizer::hf::load_hf_tokenizer_dir(&dir).unwrap();
+    let gpu_model =
+        std::sync::Arc::new(sinkstar::model::hf::load_hf_dir(common::gpu(), &dir).unwrap());
+    let mut session = sinkstar::model::Session::new(
+        gpu_model,
+        &sinkstar::model::SessionOptions {
+            policy: sinkstar::attention::AttentionPolicy::Dense { capacity: 256 },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = tokenizer.encode(prompt).unwrap();
+    assert_eq!(json["promptTokens"], ids.len());
+    let greedy = sinkstar::generate::SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut want = Vec::new();
+    let mut token = session.feed_and_sample(&ids, &greedy).unwrap();
+    while want.len() < 6 && token != tokenizer.eos() {
+        want.push(token);
+        token = session.feed_and_sample(&[token], &greedy).unwrap();
+    }
+    assert_eq!(tokens, want);
+    assert_eq!(json["text"], tokenizer.decode(&want).unwrap());
+
+    // A chat turn through the directory's template.
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_sinkstar"))
+        .args(["--model", model, "chat", "--max-tokens", "4"])
+        .env("WGPU_BACKEND", "vulkan")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    chat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi\n/quit\n")
+        .unwrap();
+    let out = chat.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("dense"), "{err}");
+    let rendered = template
+        .unwrap()
+        .render(&[sinkstar::tokenizer::ChatMessage::user("Hi")], true)
+        .unwrap();
+    assert!(rendered.ends_with("<|im_start|>assistant\n"));
+
+    let out = sinkstar(&["--model", model, "info"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("Multi-Token Attention"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_hugging_face_directory_with_missing_files_is_named() {
+    let dir = scratch("hf-incomplete");
+    common::write_hf_chat_model(&dir);
+    let model = dir.to_str().unwrap();
+    let out = sinkstar(&[
+        "--model",
+        model,
+        "chat",
+        "--attention",
+        "sink",
+        "--window",
+        "60",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Multi-Token Attention"), "{err}");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let out = sinkstar(&["--model", model, "generate", "--prompt", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokenizer.json"), "{err}");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let out = sinkstar(&["--model", model, "generate", "--prompt", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.safetensors"), "{err}");
+    let out = sinkstar(&["--model", model, "serve"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+}

@@ -1,5 +1,6 @@
-//! Tokenizer built from a GGUF's own vocabulary: byte-level BPE encode/decode, a streaming
-//! detokenizer, and (in `chat`) the chat template.
+//! Tokenizer built from a GGUF's own vocabulary (or, in `hf`, a Hugging Face
+//! `tokenizer.json`): byte-level BPE encode/decode, a streaming detokenizer, and (in `chat`)
+//! the chat template.
 //!
 //! Encoding is done by the `tokenizers` crate (pure-Rust regex build, so it runs on wasm32),
 //! set up to reproduce llama.cpp's tokenizer for the file: the same merges, the same
@@ -12,6 +13,7 @@
 //! with a typed error.
 
 pub mod chat;
+pub mod hf;
 
 pub use chat::{ChatMessage, ChatTemplate};
 
@@ -78,9 +80,26 @@ pub enum TokenizerError {
     UnknownToken { id: u32, vocab_size: usize },
     #[error("chat template error: {message}")]
     Template { message: String },
+    #[error("{file}: {reason}")]
+    HfFile { file: &'static str, reason: String },
+    #[error("reading {path}: {message}")]
+    Read { path: String, message: String },
 }
 
-/// A byte-level BPE tokenizer read from a GGUF. Cloning is cheap (shared, immutable).
+/// How a vocabulary entry turns back into bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// GPT-2's byte-to-character map (`Ġ` is a space).
+    ByteLevel,
+    /// A control token (`<|im_end|>`): its text, dropped by the streaming detokenizer.
+    Control,
+    /// Its text as it is (llama.cpp's user-defined tokens, Hugging Face's non-special added
+    /// tokens).
+    Literal,
+}
+
+/// A byte-level BPE tokenizer read from a GGUF or a Hugging Face `tokenizer.json`. Cloning is
+/// cheap (shared, immutable).
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<Inner>,
@@ -190,29 +209,48 @@ impl Tokenizer {
         bpe.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
         bpe.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
 
+        let entries = tokens.iter().zip(&types).map(|(text, &t)| {
+            let kind = match t {
+                TOKEN_TYPE_CONTROL => Piece::Control,
+                TOKEN_TYPE_USER_DEFINED => Piece::Literal,
+                _ => Piece::ByteLevel,
+            };
+            (*text, kind)
+        });
+        Ok(Tokenizer::assemble(bpe, entries, bos, eos, add_bos))
+    }
+
+    /// The tokenizer of `bpe` (which encodes) with its vocabulary as `(text, kind)` in id
+    /// order (from which it decodes).
+    fn assemble<'a>(
+        bpe: tokenizers::Tokenizer,
+        entries: impl Iterator<Item = (&'a str, Piece)>,
+        bos: u32,
+        eos: u32,
+        add_bos: bool,
+    ) -> Tokenizer {
         let mut piece_bytes = Vec::new();
-        let mut piece_offsets = Vec::with_capacity(tokens.len() + 1);
-        piece_offsets.push(0);
-        for (text, &t) in tokens.iter().zip(&types) {
-            if t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED {
-                piece_bytes.extend_from_slice(text.as_bytes());
-            } else {
-                byte_level_decode(text, &mut piece_bytes);
+        let mut piece_offsets = vec![0];
+        let mut is_control = Vec::new();
+        for (text, kind) in entries {
+            match kind {
+                Piece::ByteLevel => byte_level_decode(text, &mut piece_bytes),
+                Piece::Control | Piece::Literal => piece_bytes.extend_from_slice(text.as_bytes()),
             }
             piece_offsets.push(piece_bytes.len());
+            is_control.push(kind == Piece::Control);
         }
-
-        Ok(Tokenizer {
+        Tokenizer {
             inner: Arc::new(Inner {
                 bpe,
                 piece_bytes,
                 piece_offsets,
-                is_control: types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect(),
+                is_control,
                 bos,
                 eos,
                 add_bos,
             }),
-        })
+        }
     }
 
     /// Token ids of `text`. Special-token text (`<|im_start|>`) becomes its control id; BOS

@@ -149,11 +149,22 @@ impl Tiny {
 /// its config.json text and its model.safetensors bytes, rebuilt from recipe.json with the
 /// script's seeded generator (no weights file is committed).
 pub fn mta_golden(name: &str) -> (String, Vec<u8>) {
+    let (config, recipe) = mta_golden_recipe(name);
+    (config.to_string(), recipe_safetensors(&recipe))
+}
+
+fn mta_golden_recipe(name: &str) -> (serde_json::Value, serde_json::Value) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/mta")
         .join(name);
-    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
-    let recipe: serde_json::Value = serde_json::from_str(&read("recipe.json")).unwrap();
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+    };
+    (read("config.json"), read("recipe.json"))
+}
+
+/// The model.safetensors bytes of a recipe of `scripts/mta_golden.py`.
+fn recipe_safetensors(recipe: &serde_json::Value) -> Vec<u8> {
     let seed = recipe["seed"].as_u64().unwrap();
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
@@ -199,7 +210,7 @@ pub fn mta_golden(name: &str) -> (String, Vec<u8>) {
             serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
-    (read("config.json"), safetensors_file(&header, &data))
+    safetensors_file(&header, &data)
 }
 
 /// A safetensors file of `header` (name → dtype, shape, data_offsets) and `data`.
@@ -216,6 +227,32 @@ pub fn safetensors_file(
     bytes.extend(text);
     bytes.extend_from_slice(data);
     bytes
+}
+
+/// Golden MTA model a made a chat model: its vocabulary widened to that of the byte-level BPE
+/// tokenizer of tests/golden/tokenizer (scripts/tokenizer_golden.py), whose files go beside it,
+/// and its context to 256 positions, written as a Hugging Face directory under `dir`.
+pub fn write_hf_chat_model(dir: &std::path::Path) {
+    let (mut config, mut recipe) = mta_golden_recipe("a");
+    let tokenizer =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tokenizer");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tokenizer.join("golden.json")).unwrap())
+            .unwrap();
+    let vocab_size = golden["vocab_size"].clone();
+    config["vocab_size"] = vocab_size.clone();
+    config["max_position_embeddings"] = 256.into();
+    for t in recipe["tensors"].as_array_mut().unwrap() {
+        if t["name"] == "model.embed_tokens.weight" {
+            t["shape"][0] = vocab_size.clone();
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("model.safetensors"), recipe_safetensors(&recipe)).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer.join(file), dir.join(file)).unwrap();
+    }
 }
 
 /// [`mta_golden`] written as a Hugging Face-style directory under `dir`.

@@ -77,7 +77,7 @@ pub fn ask(cli: &Cli, args: &AskArgs) -> anyhow::Result<()> {
     let loaded = load_on_devices(cli, args.devices)?;
     let prompt = DocumentPrompt::new(
         &loaded.tokenizer,
-        &loaded.template,
+        loaded.template()?,
         args.system.as_deref(),
         &document,
         &args.question,

@@ -251,7 +251,7 @@ fn history_tokens(
 fn bench_history(loaded: &Loaded, args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let model = loaded.model.clone();
     let gpu = model.gpu().clone();
-    let policy = args.policy.policy(&model.config);
+    let policy = args.policy.policy(&model);
     let n_decode = args.history_decode.max(1);
     let mut lengths = args.history.clone();
     lengths.sort_unstable();

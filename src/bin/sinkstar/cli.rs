@@ -16,8 +16,10 @@ use sinkstar::generate::document::ContextEncoding;
 use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
 use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
 use sinkstar::model::gguf::Gguf;
-use sinkstar::model::{default_model_path, GpuModel, LlamaConfig, Session, SessionOptions};
+use sinkstar::model::hf::{load_hf_dir, HfConfig};
+use sinkstar::model::{default_model_path, GpuModel, Session, SessionOptions};
 use sinkstar::tokenizer::chat::{ChatMessage, ChatTemplate};
+use sinkstar::tokenizer::hf::load_hf_tokenizer_dir;
 use sinkstar::tokenizer::Tokenizer;
 
 use crate::{ask, bench, mta_toy, plot, ppl, serve};
@@ -25,8 +27,10 @@ use crate::{ask, bench, mta_toy, plot, ppl, serve};
 #[derive(Parser)]
 #[command(version, about = "LLM runtime on WGSL compute shaders")]
 pub struct Cli {
-    /// GGUF model file [default: $SINKSTAR_HOME/SmolLM2-135M-Instruct.Q4_1.gguf,
-    /// SINKSTAR_HOME defaulting to ~/.cache/sinkstar]
+    /// GGUF model file, or a Hugging Face model directory (config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json) [default:
+    /// $SINKSTAR_HOME/SmolLM2-135M-Instruct.Q4_1.gguf, SINKSTAR_HOME defaulting to
+    /// ~/.cache/sinkstar]
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
     /// Graphics backend: vulkan, metal, dx12, gl or all [default: $WGPU_BACKEND, else all]
@@ -149,8 +153,10 @@ pub struct PolicyArgs {
     /// Attention policy: `sink` keeps the first tokens and a sliding window (constant
     /// memory, never full), `dense` keeps everything until --context is full, `window`
     /// drops the sinks (the failing baseline), `recompute` re-encodes the window per token
-    #[arg(long, value_enum, default_value_t = PolicyArg::Sink)]
-    pub attention: PolicyArg,
+    /// [default: sink; dense for a model with Multi-Token Attention, whose convolutions
+    /// over the attention map are undefined once tokens are evicted]
+    #[arg(long, value_enum)]
+    pub attention: Option<PolicyArg>,
     /// Sink tokens kept forever (sink policy)
     #[arg(long, default_value_t = DEFAULT_SINKS)]
     pub sinks: usize,
@@ -163,9 +169,19 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The policy these flags name, with `n_sink` sinks for `sink`.
-    pub fn policy_with_sinks(&self, config: &LlamaConfig, n_sink: usize) -> AttentionPolicy {
-        match self.attention {
+    /// The policy kind these flags name for `model`.
+    pub fn kind(&self, model: &GpuModel) -> PolicyArg {
+        self.attention.unwrap_or(if model.has_mta() {
+            PolicyArg::Dense
+        } else {
+            PolicyArg::Sink
+        })
+    }
+
+    /// The policy these flags name for `model`, with `n_sink` sinks for `sink`.
+    pub fn policy_with_sinks(&self, model: &GpuModel, n_sink: usize) -> AttentionPolicy {
+        let config = &model.config;
+        match self.kind(model) {
             PolicyArg::Dense => AttentionPolicy::Dense {
                 capacity: self.context.unwrap_or(config.context_len),
             },
@@ -182,8 +198,8 @@ impl PolicyArgs {
         }
     }
 
-    pub fn policy(&self, config: &LlamaConfig) -> AttentionPolicy {
-        self.policy_with_sinks(config, self.sinks)
+    pub fn policy(&self, model: &GpuModel) -> AttentionPolicy {
+        self.policy_with_sinks(model, self.sinks)
     }
 }
 
@@ -249,7 +265,22 @@ pub struct Loaded {
     /// The same model on further devices ([`load_on_devices`]).
     pub more: Vec<Arc<GpuModel>>,
     pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
+    /// `None` for a Hugging Face model whose tokenizer_config.json has no chat template.
+    template: Option<ChatTemplate>,
+    path: PathBuf,
+}
+
+impl Loaded {
+    /// The chat template, or an error saying the model has none.
+    pub fn template(&self) -> anyhow::Result<&ChatTemplate> {
+        self.template.as_ref().with_context(|| {
+            format!(
+                "{} has no chat template (tokenizer_config.json has no `chat_template`): use \
+                 `generate` without --chat",
+                self.path.display()
+            )
+        })
+    }
 }
 
 pub fn gpu(cli: &Cli) -> anyhow::Result<Arc<Gpu>> {
@@ -298,7 +329,7 @@ pub fn gpus(cli: &Cli, n: usize) -> anyhow::Result<Vec<Arc<Gpu>>> {
         .collect()
 }
 
-/// The model on `n_devices` devices (see [`gpus`]).
+/// The model on `n_devices` devices (see [`gpus`]): a GGUF file, or a Hugging Face directory.
 pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
     let path = model_path(cli);
     if cli.model.is_none() && !path.exists() {
@@ -307,11 +338,20 @@ pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
             path.display()
         );
     }
-    let gguf = Gguf::open(&path).with_context(|| format!("loading {}", path.display()))?;
+    let loading = || format!("loading {}", path.display());
+    let gguf = if path.is_dir() {
+        None
+    } else {
+        Some(Gguf::open(&path).with_context(loading)?)
+    };
     let mut models = Vec::with_capacity(n_devices);
     for gpu in gpus(cli, n_devices)? {
         let start = Instant::now();
-        models.push(Arc::new(GpuModel::load(gpu.clone(), &gguf)?));
+        let model = match &gguf {
+            Some(gguf) => GpuModel::load(gpu.clone(), gguf)?,
+            None => load_hf_dir(gpu.clone(), &path).with_context(loading)?,
+        };
+        models.push(Arc::new(model));
         eprintln!(
             "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
             path.file_name().unwrap_or_default().to_string_lossy(),
@@ -320,12 +360,20 @@ pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
             start.elapsed().as_secs_f64()
         );
     }
+    let (tokenizer, template) = match &gguf {
+        Some(gguf) => (
+            Tokenizer::from_gguf(gguf)?,
+            Some(ChatTemplate::from_gguf(gguf)?),
+        ),
+        None => load_hf_tokenizer_dir(&path).with_context(loading)?,
+    };
     let model = models.remove(0);
     Ok(Loaded {
         model,
         more: models,
-        tokenizer: Tokenizer::from_gguf(&gguf)?,
-        template: ChatTemplate::from_gguf(&gguf)?,
+        tokenizer,
+        template,
+        path,
     })
 }
 
@@ -335,17 +383,17 @@ fn session(
     system: Option<&String>,
     chat: bool,
 ) -> anyhow::Result<Session> {
-    let config = &loaded.model.config;
-    let n_sink = if run.keep_system && chat && run.policy.attention == PolicyArg::Sink {
+    let kind = run.policy.kind(&loaded.model);
+    let n_sink = if run.keep_system && chat && kind == PolicyArg::Sink {
         loaded
-            .template
+            .template()?
             .system_prefix_tokens(&loaded.tokenizer, system.map(String::as_str))?
             .max(run.policy.sinks)
     } else {
         run.policy.sinks
     };
-    let policy = run.policy.policy_with_sinks(config, n_sink);
-    if run.keep_system && !(chat && run.policy.attention == PolicyArg::Sink) {
+    let policy = run.policy.policy_with_sinks(&loaded.model, n_sink);
+    if run.keep_system && !(chat && kind == PolicyArg::Sink) {
         anyhow::bail!("--keep-system needs the sink policy and a chat (chat, or generate --chat)");
     }
     Ok(Session::new(
@@ -389,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut messages: Vec<ChatMessage> =
                     system.iter().map(ChatMessage::system).collect();
                 messages.push(ChatMessage::user(text));
-                loaded.template.render(&messages, true)?
+                loaded.template()?.render(&messages, true)?
             } else {
                 text
             };
@@ -448,7 +496,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut chat = Chat::new(
                 chat_session()?,
                 loaded.tokenizer.clone(),
-                loaded.template.clone(),
+                loaded.template()?.clone(),
                 system.clone(),
             );
             let cancel = cancel_flag()?;
@@ -629,6 +677,21 @@ fn info(cli: &Cli) -> anyhow::Result<()> {
         l.max_compute_workgroups_per_dimension
     );
     let path = model_path(cli);
+    if path.is_dir() {
+        let config_path = path.join("config.json");
+        let config = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let config = HfConfig::from_json(&config)?;
+        println!("model: {} (Hugging Face directory)", path.display());
+        println!("  {:?}", config.llama);
+        if let Some(layers) = &config.mta {
+            println!("  Multi-Token Attention in every layer:");
+            for (l, layer) in layers.iter().enumerate() {
+                println!("    layer {l}: {layer:?}");
+            }
+        }
+        return Ok(());
+    }
     match Gguf::open(&path) {
         Ok(gguf) => {
             let config = sinkstar::model::LlamaConfig::from_gguf(&gguf)?;

@@ -134,7 +134,7 @@ pub fn ppl(cli: &Cli, args: &PplArgs) -> anyhow::Result<()> {
     let model = loaded.model.clone();
     let config = &model.config;
     let gpu = model.gpu().clone();
-    let policy = args.policy.policy(config);
+    let policy = args.policy.policy(&model);
     let tokens = tokenize(
         &loaded.tokenizer,
         &text,

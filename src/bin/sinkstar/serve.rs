@@ -37,6 +37,12 @@ struct Site {
 }
 
 pub fn serve(model: Option<&Path>, args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(dir) = model.filter(|m| m.is_dir()) {
+        anyhow::bail!(
+            "{} is a directory: the browser demo reads one GGUF file",
+            dir.display()
+        );
+    }
     let root = args
         .root
         .clone()
