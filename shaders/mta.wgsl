@@ -1,16 +1,21 @@
-// mta: Multi-Token Attention (mta.md §4) over a dense KV cache (slot j holds token j), in four stages that
-// pass f32 attention maps between them. A map holds, per query head, rows of `key_cap` columns; the row of
-// token t is at t mod rows (`map_at`), so a map with rows >= n_rows + c_q - 1 keeps the c_q - 1 rows before
-// the chunk from the previous dispatch: that is the row ring of mta.md §7, and decode (one row) and chunked
-// prefill read their halo rows from it instead of recomputing them. A row t only ever holds keys
-// seq_start..=t; every other entry reads as zero (Mask_0), which is also how the conv's padding, the future
-// keys of earlier rows and another packed document (tokens before seq_start, mta.md §2) stay out of it.
+// mta: Multi-Token Attention (mta.md §4) over a dense KV cache (slot j holds token j), in stages that pass
+// f32 attention maps between them. A map holds, per query head, rows of `key_cap` columns for the rows of one
+// chunk (a prefill tile of up to max_rows queries, or the one row of a decode step): the row of token t is at
+// t mod rows (`map_at`), so the T x T map is never materialised and one set of maps serves every layer. What
+// must outlive a chunk is a conv layer's c_q - 1 rows before the next one: KEEP copies them into that layer's
+// halo ring, the row ring of mta.md §7, and MIX reads rows before the chunk from there, so decode and chunked
+// prefill never recompute an earlier row. A row t only ever holds keys seq_start..=t; every other entry reads
+// as zero (Mask_0), which is also how the conv's padding, the future keys of earlier rows and another packed
+// document (tokens before seq_start, mta.md §2) stay out of it.
 //   LOGITS:  map_out[h, t, j] = scale · <R(t) q[t, h], R(j) k[j, g]>, g = h's kv head (GQA), for j <= t;
 //            computed as <R(t - j) q, k> (a rotation's inverse is its transpose), one rotation per pair.
 //   MIX:     map_out[o, t, j] = Σ_p w[g][p, o] · Conv_θp(map_in_p)[t, j] over the heads p of o's group g
-//            (mta.md §2 key-query convolution, centred key taps, causal query taps; §3 head mixing), for
-//            j <= t. Run before the softmax on the logits (pre) and after it on the probabilities (post);
-//            either part is off by `conv_q = 0` or `mix_size = 0`. One thread per (row, group, key).
+//            (mta.md §2 key-query convolution, centred key taps, causal query taps, rows before the chunk
+//            from `halo`; §3 head mixing), for j <= t. Run before the softmax on the logits (pre) and after
+//            it on the probabilities (post); either part is off by `conv_q = 0` or `mix_size = 0`. One
+//            thread per (row, group, key).
+//   KEEP:    halo[h, t, j] = map_in[h, t, j] for the last min(n_rows, halo_rows) rows t of the chunk, after
+//            the MIX that read the old halo (the rows it overwrites are older than any the next chunk reads).
 //   SOFTMAX: map_out[h, t, j] = softmax_j(map_in[h, t, seq_start..=t]), max-subtracted, in f32 (the -inf
 //            mask of mta.md §4 is that only j <= t take part). One thread per (row, head).
 //   OUTPUT:  out[t, h] = Σ_j map_in[h, t, j] v[j, g] (probabilities as given: post-softmax rows are not
@@ -18,8 +23,8 @@
 //            σ(<w, y> + β) or per channel σ(W y + b)) and the depth factor (mta.md §5). One thread per
 //            (row, head), owning the whole head vector.
 // No workgroup memory and no barrier in any stage (lavapipe's weak spot, platform.md); perf is issue 9's.
-// Flags: LOGITS, MIX, SOFTMAX, OUTPUT (one per stage; each declares only its own bindings). Overrides: WG_SIZE.
-// Spec: mta.md §2-§5 (operations), §7 (decode with the row ring).
+// Flags: LOGITS, MIX, KEEP, SOFTMAX, OUTPUT (one per stage; each declares only its own bindings).
+// Overrides: WG_SIZE. Spec: mta.md §2-§5 (operations), §7 (decode with the row ring), §8 (halo).
 
 override WG_SIZE: u32 = 64u;
 
@@ -37,9 +42,10 @@ struct Params {
     seq_start: u32,
     // Columns of every map row.
     key_cap: u32,
-    // Rows per head of the map read (map_in) and of the map written (map_out).
+    // Rows per head of the map read (map_in), of the map written (map_out) and of the halo ring.
     in_rows: u32,
     out_rows: u32,
+    halo_rows: u32,
     // MIX: key-query kernel of conv_q x conv_k taps per head at weights[conv_offset..]; 0 taps: no conv.
     conv_q: u32,
     conv_k: u32,
@@ -111,16 +117,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(1) var<storage, read> weights: array<f32>;           // the layer's MTA weights
 @group(0) @binding(2) var<storage, read> map_in: array<f32>;            // [n_heads, in_rows, key_cap]
 @group(0) @binding(3) var<storage, read_write> map_out: array<f32>;     // [n_heads, out_rows, key_cap]
+@group(0) @binding(4) var<storage, read> halo: array<f32>;              // [n_heads, halo_rows, key_cap]
 
 // Most heads in one mixing group (checked on the host).
 const MAX_MIX: u32 = 32u;
 
-// map_in[head, row, col] where row `row` holds it (seq_start <= col <= row), else 0. Signed: the conv's
-// taps reach before the first row and key.
+// The convolved map at [head, row, col] where row `row` holds it (seq_start <= col <= row), else 0: rows of
+// the chunk from map_in, earlier ones from the halo ring. Signed: the conv's taps reach before the first row
+// and key.
 fn tap(head: u32, row: i32, col: i32) -> f32 {
     let start = i32(params.seq_start);
     if row < start || col < start || col > row {
         return 0.0;
+    }
+    if row < i32(params.first_token) {
+        return halo[map_at(head, u32(row), params.halo_rows, u32(col))];
     }
     return map_in[map_at(head, u32(row), params.in_rows, u32(col))];
 }
@@ -174,6 +185,25 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         map_out[map_at(first_head + o, t, params.out_rows, j)] = mixed;
     }
+}
+#endif
+
+#if KEEP
+@group(0) @binding(1) var<storage, read> map_in: array<f32>;            // [n_heads, in_rows, key_cap]
+@group(0) @binding(2) var<storage, read_write> halo: array<f32>;        // [n_heads, halo_rows, key_cap]
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n_wg: vec3<u32>) {
+    let n_keys = params.first_token + params.n_rows;
+    let kept = min(params.n_rows, params.halo_rows);
+    let i = flat_index(gid, n_wg);
+    if i >= kept * params.n_heads * n_keys {
+        return;
+    }
+    let j = i % n_keys;
+    let head = (i / n_keys) % params.n_heads;
+    let t = n_keys - kept + i / n_keys / params.n_heads;
+    halo[map_at(head, t, params.halo_rows, j)] = map_in[map_at(head, t, params.in_rows, j)];
 }
 #endif
 

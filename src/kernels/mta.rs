@@ -3,11 +3,13 @@
 //! probabilities (post-softmax, not renormalised), head mixing within groups of heads (pre and
 //! post), and the per-head RMS group norm with its sigmoid gate and depth factor.
 //!
-//! The shader's four stages (logits, mix, softmax, output: its header says what each computes)
-//! pass attention maps through buffers; [`MtaPass`] owns those maps for one layer and records
-//! the stages in order. A map keeps its rows in a ring (token `t` at row `t mod rows`), so the
-//! `c_q - 1` rows before a chunk stay from the previous dispatch: decode and chunked prefill read
-//! their halo from there (mta.md §7's row ring) and never recompute an earlier row. MTA needs
+//! The shader's stages (logits, mix, keep, softmax, output: its header says what each computes)
+//! pass attention maps through buffers. The maps hold the rows of one chunk only (a prefill tile
+//! of up to `max_rows` queries, or a decode step's one row) over every key, and one set of them,
+//! [`MtaMaps`], serves every layer; [`MtaPass`] is one layer's stages with what it owns alone:
+//! its weights and, per convolution, the halo ring of the `c_q - 1` rows before the next chunk
+//! (mta.md §7's row ring), from which decode and chunked prefill read their halo: no earlier row
+//! is ever recomputed, and memory grows with neither the prompt nor the layers. MTA needs
 //! every key at its own position, so it runs on a dense cache only (slot `j` holds token `j`);
 //! sink-window eviction and Star partitions are rejected by the model's configuration.
 //!
@@ -303,6 +305,7 @@ pub struct Params {
     pub key_cap: u32,
     pub in_rows: u32,
     pub out_rows: u32,
+    pub halo_rows: u32,
     pub conv_q: u32,
     pub conv_k: u32,
     pub conv_offset: u32,
@@ -326,17 +329,25 @@ const GATE_VECTOR: u32 = 4;
 pub enum Stage {
     Logits,
     Mix,
+    Keep,
     Softmax,
     Output,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Logits, Stage::Mix, Stage::Softmax, Stage::Output];
+    pub const ALL: [Stage; 5] = [
+        Stage::Logits,
+        Stage::Mix,
+        Stage::Keep,
+        Stage::Softmax,
+        Stage::Output,
+    ];
 
     fn flag(&self) -> &'static str {
         match self {
             Stage::Logits => "LOGITS",
             Stage::Mix => "MIX",
+            Stage::Keep => "KEEP",
             Stage::Softmax => "SOFTMAX",
             Stage::Output => "OUTPUT",
         }
@@ -350,8 +361,8 @@ impl Stage {
         use Binding::{Read, ReadWrite, Uniform};
         match self {
             Stage::Logits => vec![Uniform, Read, Read, Read, ReadWrite],
-            Stage::Mix => vec![Uniform, Read, Read, ReadWrite],
-            Stage::Softmax => vec![Uniform, Read, ReadWrite],
+            Stage::Mix => vec![Uniform, Read, Read, ReadWrite, Read],
+            Stage::Keep | Stage::Softmax => vec![Uniform, Read, ReadWrite],
             Stage::Output => vec![Uniform, Read, Read, Read, ReadWrite],
         }
     }
@@ -367,12 +378,17 @@ impl Stage {
     }
 
     /// Threads of a dispatch over rows `first_token..first_token + n_rows`: one per (row, head,
-    /// key) for the logits, per (row, group, key) for the mix, per (row, head) otherwise.
+    /// key) for the logits and for the rows kept, per (row, group, key) for the mix, per (row,
+    /// head) otherwise.
     fn n_threads(&self, params: &Params) -> u64 {
         let rows_heads = u64::from(params.n_rows) * u64::from(params.n_heads);
         let n_keys = u64::from(params.first_token) + u64::from(params.n_rows);
         match self {
             Stage::Logits => rows_heads * n_keys,
+            Stage::Keep => {
+                let kept = u64::from(params.n_rows.min(params.halo_rows));
+                kept * u64::from(params.n_heads) * n_keys
+            }
             Stage::Mix => rows_heads / u64::from(params.mix_size.max(1)) * n_keys,
             Stage::Softmax | Stage::Output => rows_heads,
         }
@@ -382,6 +398,7 @@ impl Stage {
         let what = match self {
             Stage::Logits => "mta logits",
             Stage::Mix => "mta mix",
+            Stage::Keep => "mta keep",
             Stage::Softmax => "mta softmax",
             Stage::Output => "mta output",
         };
@@ -397,22 +414,18 @@ pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
     Stage::ALL.iter().map(Stage::spec).collect()
 }
 
-/// The four pipelines, built once per device and shared by every layer's [`MtaPass`].
+/// The five pipelines, built once per device and shared by every layer's [`MtaPass`].
 pub struct Mta {
-    kernels: [Arc<Kernel>; 4],
+    kernels: Vec<Arc<Kernel>>,
 }
 
 impl Mta {
     pub fn new(gpu: &Gpu) -> Result<Mta, GpuError> {
-        let [a, b, c, d] = Stage::ALL;
-        Ok(Mta {
-            kernels: [
-                gpu.kernel(&a.spec()?)?,
-                gpu.kernel(&b.spec()?)?,
-                gpu.kernel(&c.spec()?)?,
-                gpu.kernel(&d.spec()?)?,
-            ],
-        })
+        let kernels = Stage::ALL
+            .iter()
+            .map(|stage| gpu.kernel(&stage.spec()?))
+            .collect::<Result<_, _>>()?;
+        Ok(Mta { kernels })
     }
 
     fn kernel(&self, stage: Stage) -> &Arc<Kernel> {
@@ -475,64 +488,96 @@ pub struct MtaBuffers<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-/// One stage as recorded: its params slot, its bound dispatch and the maps' row counts.
+/// The maps every layer's stages pass between them, shared by all the layers of a session (each
+/// layer's stages run to the end before the next layer's start): the logits, the probabilities
+/// and the mixes' output, each `[n_heads, max_rows, key_cap]`.
+pub struct MtaMaps {
+    shape: MtaShape,
+    logits: TrackedBuffer,
+    probs: TrackedBuffer,
+    mixed: TrackedBuffer,
+}
+
+impl MtaMaps {
+    /// Checks `shape` and allocates the maps, each checked against the device's limits first.
+    pub fn new(gpu: &Gpu, shape: MtaShape) -> Result<MtaMaps, MtaError> {
+        shape.validate()?;
+        let bytes = shape.map_bytes(shape.max_rows);
+        let map = |what| -> Result<TrackedBuffer, MtaError> {
+            gpu.check_buffer_size(what, bytes, MAP_USAGE)?;
+            Ok(gpu.storage(what, bytes)?)
+        };
+        Ok(MtaMaps {
+            shape,
+            logits: map("mta logits map")?,
+            probs: map("mta probabilities map")?,
+            mixed: map("mta mixed map")?,
+        })
+    }
+
+    /// Bytes of the three maps.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.logits.size() + self.probs.size() + self.mixed.size()
+    }
+}
+
+const MAP_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+
+/// One stage as recorded: its params slot, its bound dispatch and its halo ring's rows.
 struct Step {
     stage: Stage,
     slot: ParamSlot,
     dispatch: Dispatch,
-    in_rows: u32,
-    out_rows: u32,
-    /// For a mix: the convolution and whether it mixes, and where their weights start.
+    halo_rows: u32,
+    /// For a mix, its part of the layer; the default (nothing) for the other stages.
+    mix: MixPart,
+}
+
+/// The part of a layer one mix stage runs: the convolution, whether it mixes heads, and where
+/// their weights start.
+#[derive(Debug, Clone, Copy, Default)]
+struct MixPart {
     conv: Option<Conv>,
     mix: bool,
     conv_offset: u32,
     mix_offset: u32,
 }
 
-/// One layer's MTA attention on the GPU: its weights, its maps (the rings of the pre-softmax
-/// logits and of the probabilities, and a scratch map for the mixes' output) and the stages
-/// bound to them, in order. [`MtaPass::set_rows`] writes the stages' params for a chunk,
-/// [`MtaPass::record`] records them.
+/// The rows of the halo ring a convolution needs: the `c_q - 1` rows before a chunk.
+fn halo_rows(conv: Option<Conv>) -> u32 {
+    conv.map_or(0, |c| c.q - 1)
+}
+
+/// One layer's MTA attention on the GPU: its weights, the halo rings of its convolutions, and
+/// its stages bound to those, to the shared [`MtaMaps`] and to the caller's buffers, in order.
+/// [`MtaPass::set_rows`] writes the stages' params for a chunk, [`MtaPass::record`] records
+/// them.
 pub struct MtaPass {
     layer: MtaLayer,
     shape: MtaShape,
     offsets: Offsets,
     steps: Vec<Step>,
-    /// The buffers the dispatches bind (kept alive with them).
+    /// The buffers the dispatches bind and that this layer owns (kept alive with them).
     owned: Vec<TrackedBuffer>,
 }
 
 impl MtaPass {
-    /// Checks `layer`, `weights` and `shape`, allocates the maps (each checked against the
-    /// device's limits first) and binds the stages to `buffers` and to slots of `arena`.
+    /// Checks `layer`, `weights` and the buffers against `maps`' shape, allocates the halo
+    /// rings (checked against the device's limits first) and binds the stages to `maps`,
+    /// `buffers` and slots of `arena`.
     pub fn new(
         gpu: &Gpu,
         mta: &Mta,
         arena: &mut UniformArena,
         layer: &MtaLayer,
         weights: &MtaWeights,
-        shape: MtaShape,
+        maps: &MtaMaps,
         buffers: &MtaBuffers,
     ) -> Result<MtaPass, MtaError> {
-        shape.validate()?;
+        let shape = maps.shape;
         layer.validate(shape.n_heads)?;
         weights.validate(layer, shape.n_heads, shape.head_dim)?;
-        let halo = |conv: Option<Conv>| conv.map_or(0, |c| c.q - 1);
-        let pre_rows = shape.max_rows + halo(layer.pre_conv);
-        let post_rows = shape.max_rows + halo(layer.post_conv);
-        let pre_stage = layer.pre_conv.is_some() || layer.pre_mix;
-        let post_stage = layer.post_conv.is_some() || layer.post_mix;
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let mut sizes = vec![
-            ("mta logits ring", shape.map_bytes(pre_rows)),
-            ("mta probabilities ring", shape.map_bytes(post_rows)),
-        ];
-        if pre_stage || post_stage {
-            sizes.push(("mta scratch map", shape.map_bytes(shape.max_rows)));
-        }
-        for (what, bytes) in &sizes {
-            gpu.check_buffer_size(what, *bytes, usage)?;
-        }
         let hd = u64::from(shape.head_dim);
         let rows = u64::from(shape.max_rows) * u64::from(shape.n_heads) * hd;
         let cache = u64::from(shape.key_cap) * u64::from(shape.n_kv_heads) * hd;
@@ -551,29 +596,100 @@ impl MtaPass {
                 });
             }
         }
-
+        let ring = |what, conv: Option<Conv>| -> Result<Option<TrackedBuffer>, MtaError> {
+            let rows = halo_rows(conv);
+            if rows == 0 {
+                return Ok(None);
+            }
+            let bytes = shape.map_bytes(rows);
+            gpu.check_buffer_size(what, bytes, MAP_USAGE)?;
+            Ok(Some(gpu.storage(what, bytes)?))
+        };
+        let pre_ring = ring("mta logits halo ring", layer.pre_conv)?;
+        let post_ring = ring("mta probabilities halo ring", layer.post_conv)?;
         let (packed, offsets) = weights.pack();
         let weights_buffer = gpu.storage_with("mta weights", bytemuck::cast_slice(&packed))?;
-        let maps: Vec<TrackedBuffer> = sizes
-            .iter()
-            .map(|(what, bytes)| gpu.storage(what, *bytes))
-            .collect::<Result<_, _>>()?;
-        let (pre_map, post_map): (&wgpu::Buffer, &wgpu::Buffer) = (&maps[0], &maps[1]);
-        let scratch: Option<&wgpu::Buffer> = maps.get(2).map(|b| &**b);
         let weights_gpu: &wgpu::Buffer = &weights_buffer;
+        let (logits, probs, mixed): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) =
+            (&maps.logits, &maps.probs, &maps.mixed);
 
-        let mut steps = Vec::new();
-        let mut step = |stage: Stage,
-                        resources: &[&wgpu::Buffer],
-                        in_rows: u32,
-                        out_rows: u32,
-                        mix_part: Option<(Option<Conv>, bool, u32, u32)>|
-         -> Result<(), MtaError> {
+        // The stages in order, each with what it binds after its params, its halo ring's rows
+        // and, for a mix, its part of the layer.
+        type Planned<'b> = (Stage, Vec<&'b wgpu::Buffer>, u32, Option<MixPart>);
+        let mut plan: Vec<Planned> = vec![(
+            Stage::Logits,
+            vec![buffers.q, buffers.k_cache, buffers.rope, logits],
+            0,
+            None,
+        )];
+        // The convolution and head mixing of the map `input` (pre: the logits, post: the
+        // probabilities) into `mixed`, then the input's last rows into the halo ring (a layer
+        // without the convolution binds the input in the ring's place: never read).
+        fn convolve<'b>(
+            plan: &mut Vec<Planned<'b>>,
+            [weights, input, mixed]: [&'b wgpu::Buffer; 3],
+            ring: Option<&'b wgpu::Buffer>,
+            part: MixPart,
+        ) {
+            let halo = halo_rows(part.conv);
+            let resources = vec![weights, input, mixed, ring.unwrap_or(input)];
+            plan.push((Stage::Mix, resources, halo, Some(part)));
+            if let Some(ring) = ring {
+                plan.push((Stage::Keep, vec![input, ring], halo, None));
+            }
+        }
+        let part = |conv: Option<Conv>, mix, conv_offset, mix_offset| {
+            (conv.is_some() || mix).then_some(MixPart {
+                conv,
+                mix,
+                conv_offset,
+                mix_offset,
+            })
+        };
+        let pre = part(
+            layer.pre_conv,
+            layer.pre_mix,
+            offsets.pre_conv,
+            offsets.pre_mix,
+        );
+        let post = part(
+            layer.post_conv,
+            layer.post_mix,
+            offsets.post_conv,
+            offsets.post_mix,
+        );
+        if let Some(pre) = pre {
+            convolve(
+                &mut plan,
+                [weights_gpu, logits, mixed],
+                pre_ring.as_deref(),
+                pre,
+            );
+        }
+        let softmax_in = if pre.is_some() { mixed } else { logits };
+        plan.push((Stage::Softmax, vec![softmax_in, probs], 0, None));
+        if let Some(post) = post {
+            convolve(
+                &mut plan,
+                [weights_gpu, probs, mixed],
+                post_ring.as_deref(),
+                post,
+            );
+        }
+        let output_in = if post.is_some() { mixed } else { probs };
+        plan.push((
+            Stage::Output,
+            vec![weights_gpu, output_in, buffers.v_cache, buffers.out],
+            0,
+            None,
+        ));
+
+        let mut steps = Vec::with_capacity(plan.len());
+        for (stage, resources, halo, mix_part) in plan {
             let slot = arena.slot()?;
             let mut bindings = vec![arena.binding(slot)];
             bindings.extend(resources.iter().map(|b| b.as_entire_binding()));
             let kernel = mta.kernel(stage);
-            let (conv, mix, conv_offset, mix_offset) = mix_part.unwrap_or((None, false, 0, 0));
             steps.push(Step {
                 stage,
                 slot,
@@ -582,98 +698,38 @@ impl MtaPass {
                     bind_group: kernel.bind(gpu, &bindings)?,
                     workgroups: [0; 3],
                 },
-                in_rows,
-                out_rows,
-                conv,
-                mix,
-                conv_offset,
-                mix_offset,
+                halo_rows: halo,
+                mix: mix_part.unwrap_or_default(),
             });
-            Ok(())
-        };
-        step(
-            Stage::Logits,
-            &[buffers.q, buffers.k_cache, buffers.rope, pre_map],
-            0,
-            pre_rows,
-            None,
-        )?;
-        let (softmax_in, softmax_in_rows) = match scratch {
-            Some(scratch) if pre_stage => {
-                step(
-                    Stage::Mix,
-                    &[weights_gpu, pre_map, scratch],
-                    pre_rows,
-                    shape.max_rows,
-                    Some((
-                        layer.pre_conv,
-                        layer.pre_mix,
-                        offsets.pre_conv,
-                        offsets.pre_mix,
-                    )),
-                )?;
-                (scratch, shape.max_rows)
-            }
-            _ => (pre_map, pre_rows),
-        };
-        step(
-            Stage::Softmax,
-            &[softmax_in, post_map],
-            softmax_in_rows,
-            post_rows,
-            None,
-        )?;
-        let (output_in, output_in_rows) = match scratch {
-            Some(scratch) if post_stage => {
-                step(
-                    Stage::Mix,
-                    &[weights_gpu, post_map, scratch],
-                    post_rows,
-                    shape.max_rows,
-                    Some((
-                        layer.post_conv,
-                        layer.post_mix,
-                        offsets.post_conv,
-                        offsets.post_mix,
-                    )),
-                )?;
-                (scratch, shape.max_rows)
-            }
-            _ => (post_map, post_rows),
-        };
-        step(
-            Stage::Output,
-            &[weights_gpu, output_in, buffers.v_cache, buffers.out],
-            output_in_rows,
-            0,
-            None,
-        )?;
-        let mut kept = vec![weights_buffer];
-        kept.extend(maps);
+        }
+        let mut owned = vec![weights_buffer];
+        owned.extend(pre_ring);
+        owned.extend(post_ring);
         Ok(MtaPass {
             layer: *layer,
             shape,
             offsets,
             steps,
-            owned: kept,
+            owned,
         })
     }
 
-    /// Bytes of the maps and weights this pass holds on the GPU.
+    /// Bytes of the weights and halo rings this layer holds on the GPU (the shared maps are
+    /// [`MtaMaps::gpu_bytes`]).
     pub fn gpu_bytes(&self) -> u64 {
         self.owned.iter().map(|b| b.size()).sum()
     }
 
-    /// Dispatches it records per step (3 to 5: a mix only where the layer has one).
+    /// Dispatches it records per step (3 to 7: a mix only where the layer has one, a keep
+    /// after each convolution of more than one query row).
     pub fn n_dispatches(&self) -> usize {
         self.steps.len()
     }
 
-    /// Bytes of the rows its rings keep from one step to the next: `c_q - 1` per convolution
-    /// (mta.md §7's row ring); the rest of the maps is rewritten by every step.
+    /// Bytes of the rows its halo rings keep from one step to the next: `c_q - 1` per
+    /// convolution (mta.md §7's row ring).
     pub fn ring_bytes(&self) -> u64 {
-        let halo = |conv: Option<Conv>| conv.map_or(0, |c| c.q - 1);
-        let rows = halo(self.layer.pre_conv) + halo(self.layer.post_conv);
+        let rows = halo_rows(self.layer.pre_conv) + halo_rows(self.layer.post_conv);
         self.shape.map_bytes(rows)
     }
 
@@ -682,7 +738,8 @@ impl MtaPass {
     /// the one before (the rings then hold the halo rows).
     fn params(&self, step: &Step, first_token: u32, n_rows: u32, seq_start: u32) -> Params {
         let layer = &self.layer;
-        let (conv_q, conv_k) = step.conv.map_or((0, 0), |c| (c.q, c.k));
+        let part = step.mix;
+        let (conv_q, conv_k) = part.conv.map_or((0, 0), |c| (c.q, c.k));
         let norm = if layer.norm { NORM } else { 0 };
         let gate = match layer.gate {
             Gate::None => 0,
@@ -697,13 +754,15 @@ impl MtaPass {
             first_token,
             seq_start,
             key_cap: self.shape.key_cap,
-            in_rows: step.in_rows,
-            out_rows: step.out_rows,
+            // Every map holds one chunk.
+            in_rows: self.shape.max_rows,
+            out_rows: self.shape.max_rows,
+            halo_rows: step.halo_rows,
             conv_q,
             conv_k,
-            conv_offset: step.conv_offset,
-            mix_size: if step.mix { layer.mix_size } else { 0 },
-            mix_offset: step.mix_offset,
+            conv_offset: part.conv_offset,
+            mix_size: if part.mix { layer.mix_size } else { 0 },
+            mix_offset: part.mix_offset,
             switches: norm | gate,
             norm_offset: self.offsets.norm,
             gate_offset: self.offsets.gate,

@@ -21,7 +21,7 @@ use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
 use crate::kernels::matmul::{self, Matmul, MatmulKind};
-use crate::kernels::mta::{Mta, MtaBuffers, MtaPass, MtaShape};
+use crate::kernels::mta::{Mta, MtaBuffers, MtaMaps, MtaPass, MtaShape};
 use crate::kernels::rms_norm::{self, RmsNorm};
 use crate::kernels::sample::{self, HistoryRing, Sample, SamplingParams};
 use crate::kernels::swiglu::{self, Swiglu};
@@ -190,6 +190,8 @@ pub struct Session {
     exchange_rows: Option<(u32, bool)>,
     /// Star Attention's phase-1 mask `(block, anchor)` while [`Session::feed_star`] runs.
     star_mask: Option<(u32, u32)>,
+    /// The attention maps every Multi-Token Attention layer's stages share.
+    mta_maps: Option<MtaMaps>,
 }
 
 /// The matvec form for one row (decode), the tiled form for more.
@@ -297,9 +299,10 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        // 15 shared slots, and up to 5 of its own per layer of Multi-Token Attention.
+        // 15 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
+        // softmax, output, and a mix and a keep per convolution).
         let n_mta = model.layers.iter().filter(|l| l.mta.is_some()).count() as u32;
-        let mut arena = UniformArena::new(&gpu, "session params", 15 + 5 * n_mta)?;
+        let mut arena = UniformArena::new(&gpu, "session params", 15 + 7 * n_mta)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
@@ -327,24 +330,25 @@ impl Session {
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
         let attention_row = Attention::row(&gpu, head_dim)?;
         let attention_tile = Attention::tile(&gpu, head_dim, n_heads, n_kv_heads)?;
-        let mta_kernels = if n_mta > 0 {
-            Some(Mta::new(&gpu)?)
+        // One set of maps (a chunk's rows over every key) for all the MTA layers.
+        let mta_parts = if n_mta > 0 {
+            let shape = MtaShape {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                key_cap: cap as u32,
+                max_rows: chunk32,
+            };
+            Some((Mta::new(&gpu)?, MtaMaps::new(&gpu, shape)?))
         } else {
             None
-        };
-        let mta_shape = MtaShape {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            key_cap: cap as u32,
-            max_rows: chunk32,
         };
         let mta_passes = model
             .layers
             .iter()
             .enumerate()
-            .map(|(l, w)| match (&w.mta, &mta_kernels) {
-                (Some((layer, weights)), Some(kernels)) => {
+            .map(|(l, w)| match (&w.mta, &mta_parts) {
+                (Some((layer, weights)), Some((kernels, maps))) => {
                     let buffers = MtaBuffers {
                         q: &b.q,
                         k_cache: &b.k_cache[l],
@@ -352,9 +356,8 @@ impl Session {
                         rope: &b.rope,
                         out: &b.att,
                     };
-                    let pass = MtaPass::new(
-                        &gpu, kernels, &mut arena, layer, weights, mta_shape, &buffers,
-                    )?;
+                    let pass =
+                        MtaPass::new(&gpu, kernels, &mut arena, layer, weights, maps, &buffers)?;
                     Ok(Some(pass))
                 }
                 _ => Ok(None),
@@ -533,16 +536,18 @@ impl Session {
             sample_step: 0,
             exchange: None,
             exchange_rows: None,
+            mta_maps: mta_parts.map(|(_, maps)| maps),
             star_mask: None,
             model,
         })
     }
 
-    /// Multi-Token Attention's GPU memory: the row rings kept between steps, and all its maps
-    /// and weights (both 0 for a model without MTA).
+    /// Multi-Token Attention's GPU memory: the halo rings kept between steps, and everything
+    /// (the shared maps, the rings and the weights; both 0 for a model without MTA).
     pub fn mta_bytes(&self) -> (u64, u64) {
+        let maps = self.mta_maps.as_ref().map_or(0, MtaMaps::gpu_bytes);
         let passes = self.layers.iter().filter_map(|l| l.mta.as_ref());
-        passes.fold((0, 0), |(ring, all), p| {
+        passes.fold((0, maps), |(ring, all), p| {
             (ring + p.ring_bytes(), all + p.gpu_bytes())
         })
     }

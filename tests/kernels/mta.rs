@@ -4,11 +4,11 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use sinkstar::gpu::{Gpu, UniformArena};
+use sinkstar::gpu::{Gpu, TrackedBuffer, UniformArena};
 use sinkstar::kernels::attention::{attention_cpu, rope_table, Params as AttentionParams};
 use sinkstar::kernels::mta::{
     depth_factor, mta_cpu, mta_output_cpu, mta_probs_cpu, Conv, CpuShape, Gate, Mta, MtaBuffers,
-    MtaError, MtaLayer, MtaPass, MtaShape, MtaWeights,
+    MtaError, MtaLayer, MtaMaps, MtaPass, MtaShape, MtaWeights,
 };
 
 use crate::{assert_close, random_vec, read_f32, rng, Tol, BROWSER, TOL_REDUCTION};
@@ -138,6 +138,20 @@ async fn run_gpu(
     docs: &[&Inputs],
     chunk: usize,
 ) -> Vec<f32> {
+    run_gpu_stack(gpu, &[(layer, weights, docs)], chunk)
+        .await
+        .remove(0)
+}
+
+/// [`run_gpu`] for several layers at once, as a model runs them: each layer with its own
+/// queries, caches and output but one [`MtaMaps`] shared by all, every chunk recorded for every
+/// layer in one compute pass. The layers' documents have the same lengths.
+async fn run_gpu_stack(
+    gpu: &Gpu,
+    stack: &[(&MtaLayer, &MtaWeights, &[&Inputs])],
+    chunk: usize,
+) -> Vec<Vec<f32>> {
+    let docs = stack[0].2;
     let CpuShape {
         n_heads,
         n_kv_heads,
@@ -145,19 +159,11 @@ async fn run_gpu(
         ..
     } = docs[0].shape;
     let n_total: usize = docs.iter().map(|d| d.shape.n_tokens).sum();
-    let (k, v): (Vec<f32>, Vec<f32>) = (
-        docs.iter().flat_map(|d| d.k.clone()).collect(),
-        docs.iter().flat_map(|d| d.v.clone()).collect(),
-    );
-    let storage = |what, data: &[f32]| gpu.storage_with(what, bytemuck::cast_slice(data)).unwrap();
-    let k_cache = storage("k_cache", &k);
-    let v_cache = storage("v_cache", &v);
-    let rope = storage("rope", &rope_table(BASE, hd, n_total));
     let row_elems = n_heads * hd;
-    let q = gpu.storage("q", (chunk * row_elems * 4) as u64).unwrap();
-    let out = gpu.storage("out", (chunk * row_elems * 4) as u64).unwrap();
+    let storage = |what, data: &[f32]| gpu.storage_with(what, bytemuck::cast_slice(data)).unwrap();
+    let rope = storage("rope", &rope_table(BASE, hd, n_total));
     let mta = Mta::new(gpu).unwrap();
-    let mut arena = UniformArena::new(gpu, "mta params", 8).unwrap();
+    let mut arena = UniformArena::new(gpu, "mta params", 8 * stack.len() as u32).unwrap();
     let shape = MtaShape {
         n_heads: n_heads as u32,
         n_kv_heads: n_kv_heads as u32,
@@ -165,45 +171,80 @@ async fn run_gpu(
         key_cap: n_total as u32,
         max_rows: chunk as u32,
     };
-    let buffers = MtaBuffers {
-        q: &q,
-        k_cache: &k_cache,
-        v_cache: &v_cache,
-        rope: &rope,
-        out: &out,
-    };
-    let mut pass = MtaPass::new(gpu, &mta, &mut arena, layer, weights, shape, &buffers).unwrap();
-    let mut got = Vec::with_capacity(n_total * row_elems);
+    let maps = MtaMaps::new(gpu, shape).unwrap();
+    struct Layer {
+        q: TrackedBuffer,
+        out: TrackedBuffer,
+        pass: MtaPass,
+        _caches: [TrackedBuffer; 2],
+    }
+    let mut layers: Vec<Layer> = stack
+        .iter()
+        .map(|&(layer, weights, docs)| {
+            let (k, v): (Vec<f32>, Vec<f32>) = (
+                docs.iter().flat_map(|d| d.k.clone()).collect(),
+                docs.iter().flat_map(|d| d.v.clone()).collect(),
+            );
+            let (k_cache, v_cache) = (storage("k_cache", &k), storage("v_cache", &v));
+            let q = gpu.storage("q", (chunk * row_elems * 4) as u64).unwrap();
+            let out = gpu.storage("out", (chunk * row_elems * 4) as u64).unwrap();
+            let buffers = MtaBuffers {
+                q: &q,
+                k_cache: &k_cache,
+                v_cache: &v_cache,
+                rope: &rope,
+                out: &out,
+            };
+            let pass =
+                MtaPass::new(gpu, &mta, &mut arena, layer, weights, &maps, &buffers).unwrap();
+            Layer {
+                q,
+                out,
+                pass,
+                _caches: [k_cache, v_cache],
+            }
+        })
+        .collect();
+    let mut got = vec![Vec::with_capacity(n_total * row_elems); stack.len()];
     let mut seq_start = 0;
-    for doc in docs {
+    for (d, doc) in docs.iter().enumerate() {
         let n_tokens = doc.shape.n_tokens;
         for first in (0..n_tokens).step_by(chunk) {
             let n_rows = chunk.min(n_tokens - first);
-            let rows = &doc.q[first * row_elems..(first + n_rows) * row_elems];
-            // NaN-filled, so that an element the kernels leave unwritten fails.
-            gpu.queue.write_buffer(
-                &out,
-                0,
-                bytemuck::cast_slice(&vec![f32::NAN; chunk * row_elems]),
-            );
-            gpu.queue.write_buffer(&q, 0, bytemuck::cast_slice(rows));
             let first_token = (seq_start + first) as u32;
-            pass.set_rows(
-                gpu,
-                &mut arena,
-                first_token,
-                n_rows as u32,
-                seq_start as u32,
-            )
-            .unwrap();
+            for (layer, &(_, _, docs)) in layers.iter_mut().zip(stack) {
+                let rows = &docs[d].q[first * row_elems..(first + n_rows) * row_elems];
+                // NaN-filled, so that an element the kernels leave unwritten fails.
+                gpu.queue.write_buffer(
+                    &layer.out,
+                    0,
+                    bytemuck::cast_slice(&vec![f32::NAN; chunk * row_elems]),
+                );
+                gpu.queue
+                    .write_buffer(&layer.q, 0, bytemuck::cast_slice(rows));
+                layer
+                    .pass
+                    .set_rows(
+                        gpu,
+                        &mut arena,
+                        first_token,
+                        n_rows as u32,
+                        seq_start as u32,
+                    )
+                    .unwrap();
+            }
             arena.upload(gpu);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut compute = encoder.begin_compute_pass(&Default::default());
-                pass.record(&mut compute);
+                for layer in &layers {
+                    layer.pass.record(&mut compute);
+                }
             }
             gpu.queue.submit([encoder.finish()]);
-            got.extend(read_f32(gpu, &out, n_rows * row_elems).await);
+            for (got, layer) in got.iter_mut().zip(&layers) {
+                got.extend(read_f32(gpu, &layer.out, n_rows * row_elems).await);
+            }
         }
         seq_start += n_tokens;
     }
@@ -486,6 +527,49 @@ async fn mta_decode_equals_prefill(gpu: &Gpu) {
     );
 }
 
+gpu_test!(mta_layers_share_maps);
+/// Three layers of different convolutions on one set of maps, as a model's layers share them:
+/// each layer's halo rows survive the other layers' chunks (its own rings), in one pass, in
+/// chunks of 4 and token by token, each against its own reference.
+async fn mta_layers_share_maps(gpu: &Gpu) {
+    let mut rng = rng(85);
+    let shape = CpuShape {
+        n_tokens: if BROWSER { 9 } else { 23 },
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+    };
+    let all = layers(4);
+    let picked: Vec<MtaLayer> = [2, 0, 1].iter().map(|&i| all[i].1).collect();
+    let weights: Vec<MtaWeights> = picked
+        .iter()
+        .map(|layer| random_weights(&mut rng, layer, 4, 16))
+        .collect();
+    let inputs: Vec<Inputs> = picked
+        .iter()
+        .map(|_| Inputs::random(&mut rng, shape))
+        .collect();
+    let docs: Vec<[&Inputs; 1]> = inputs.iter().map(|i| [i]).collect();
+    let stack: Vec<(&MtaLayer, &MtaWeights, &[&Inputs])> = picked
+        .iter()
+        .zip(&weights)
+        .zip(&docs)
+        .map(|((layer, weights), docs)| (layer, weights, &docs[..]))
+        .collect();
+    for chunk in [shape.n_tokens, 4, 1] {
+        let got = run_gpu_stack(gpu, &stack, chunk).await;
+        for (l, got) in got.iter().enumerate() {
+            let want = inputs[l].cpu(&picked[l], &weights[l]);
+            assert_close(
+                &format!("layer {l}, chunks of {chunk}"),
+                got,
+                &want,
+                TOL_MTA,
+            );
+        }
+    }
+}
+
 gpu_test!(mta_causal_gqa_packed);
 /// Causality (a change to later tokens leaves earlier rows exactly as they were), GQA against
 /// materialised repeated kv heads, and two packed documents against each run alone.
@@ -644,7 +728,8 @@ async fn mta_bad_input(gpu: &Gpu) {
         key_cap: 33,
         ..shape
     };
-    let e = MtaPass::new(gpu, &mta, &mut arena, &layer, &weights, too_wide, &buffers)
+    let maps = MtaMaps::new(gpu, too_wide).unwrap();
+    let e = MtaPass::new(gpu, &mta, &mut arena, &layer, &weights, &maps, &buffers)
         .err()
         .unwrap();
     assert!(
@@ -661,11 +746,10 @@ async fn mta_bad_input(gpu: &Gpu) {
         head_dim: 15,
         ..shape
     };
-    let e = MtaPass::new(gpu, &mta, &mut arena, &layer, &weights, odd_dim, &buffers)
-        .err()
-        .unwrap();
+    let e = MtaMaps::new(gpu, odd_dim).err().unwrap();
     assert!(matches!(e, MtaError::HeadDim { .. }), "{e}");
-    let mut pass = MtaPass::new(gpu, &mta, &mut arena, &layer, &weights, shape, &buffers).unwrap();
+    let maps = MtaMaps::new(gpu, shape).unwrap();
+    let mut pass = MtaPass::new(gpu, &mta, &mut arena, &layer, &weights, &maps, &buffers).unwrap();
     for (first, n_rows, seq_start) in [(0, 9, 0), (28, 5, 0), (3, 2, 4)] {
         let e = pass
             .set_rows(gpu, &mut arena, first, n_rows, seq_start)
