@@ -4,8 +4,8 @@
 Measures, through llama-cpp-python (CPU only, n_threads = n_threads_batch = number of cores
 unless --threads is given, n_batch = n_ubatch = 512, f16 KV cache, flash attention off):
 
-  prompt_128  prompt evaluation of a 128-token prompt (one llama_decode batch), tok/s
-  prompt_512  prompt evaluation of a 512-token prompt (one llama_decode batch), tok/s
+  prompt_N    prompt evaluation of an N-token prompt for each N of --prompts (default 128,
+              512, 2048; batches of 512 tokens), tok/s
   gen_128     generation of 128 tokens one at a time after the 128-token prompt, tok/s
               (greedy: argmax of llama_get_logits_ith(ctx, -1), read with numpy; no sampler)
 
@@ -66,15 +66,18 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads (default: nproc)")
     ap.add_argument("--gen", type=int, default=128, help="tokens to generate")
+    ap.add_argument("--prompts", default="128,512,2048", help="prompt lengths to time")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
     import llama_cpp
     from llama_cpp import Llama
 
+    prompts = [int(n) for n in args.prompts.split(",")]
+    n_ctx = max(1024, max(prompts) + 1, 128 + args.gen + 1)
     llm = Llama(
         model_path=args.model,
-        n_ctx=1024,
+        n_ctx=n_ctx,
         n_batch=N_BATCH,
         n_ubatch=N_BATCH,
         n_threads=args.threads,
@@ -89,7 +92,8 @@ def main():
     n_vocab = llm.n_vocab()
 
     base = llm.tokenize(LONG_PROSE.encode("utf-8"), add_bos=False, special=False)
-    toks = (base * (1 + 512 // len(base)))[:512]
+    longest = max(prompts + [128])
+    toks = (base * (1 + longest // len(base)))[:longest]
 
     def perf():
         return llama_cpp.llama_perf_context(ctx)
@@ -124,7 +128,7 @@ def main():
         return n_gen / (p.t_eval_ms / 1000.0), n_gen / wall, out
 
     results = {}
-    for n in (128, 512):
+    for n in prompts:
         prompt_run(n)  # warm-up
         runs = [prompt_run(n) for _ in range(args.reps)]
         results[f"prompt_{n}"] = {"tokens": n, "llama_perf_tok_s": summarize([r[0] for r in runs]),
@@ -143,7 +147,7 @@ def main():
         "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform()},
         "versions": {"llama-cpp-python": pkg_version("llama-cpp-python"), "numpy": np.__version__,
                      "python": platform.python_version()},
-        "params": {"n_threads": args.threads, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_ctx": 1024,
+        "params": {"n_threads": args.threads, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_ctx": n_ctx,
                    "kv_cache": "f16", "flash_attn": False, "reps": args.reps, "warmup_runs": 1},
         "timing": "llama_perf_context counters (t_p_eval_ms/n_p_eval, t_eval_ms/n_eval); wall_tok_s = perf_counter "
                   "around the llama-cpp-python calls",

@@ -1,6 +1,10 @@
 // matmul: out[r, o] = sum_i x[r, i] * W[o, i]; with ACCUMULATE, out[r, o] += that sum (a fused
-// residual add). W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by
-// common/quant.wgsl and never expanded in memory.
+// residual add); with SWIGLU, W stacks the gate and up projections ([2 n_out, n_in]) and
+// out[r, o] = silu(gate) * up of the sums of rows o and n_out + o (the FFN's SwiGLU fused into its
+// first projection); with SPLIT, W stacks the q, k and v projections and column o goes to `out` for
+// o < split, else to out_k and out_v (kv = (n_out - split) / 2 columns each): one dispatch for all three.
+// W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by common/quant.wgsl and never
+// expanded in memory.
 // No barriers, no workgroup memory: CPU drivers run those 5-10x slower. The invocations of a
 // workgroup take neighbouring output columns of the same rows, so x is read at the same address
 // by all of them. On lavapipe the cost is in loads (a storage load costs a dozen instructions
@@ -8,11 +12,14 @@
 // a block of outputs in registers, hand-unrolled into named vec4s: private arrays indexed in
 // loops end up in memory there (measured 1.5-3x slower).
 //   VEC (decode: one or a few rows): x in a uniform buffer; an invocation computes 4 columns of
-//     one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE).
+//     one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE; SWIGLU: the gate and up rows of
+//     outputs o and o + WG_SIZE).
 //   tile (prefill): x in a storage buffer; an invocation computes 4 rows x 8 columns, so a
-//     decoded weight serves 4 rows and an x value 8 columns.
+//     decoded weight serves 4 rows and an x value 8 columns (SWIGLU: the gate and up rows of 4
+//     outputs).
 // n_in is a multiple of 32 for quant formats and of 4 for float ones (checked on the host).
-// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; ACCUMULATE. Overrides: WG_SIZE. Spec: none.
+// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; one of ACCUMULATE, SWIGLU, SPLIT. Overrides:
+// WG_SIZE. Spec: none.
 
 #include "common/quant.wgsl"
 
@@ -22,7 +29,8 @@ struct Params {
     n_rows: u32,
     n_in: u32,
     n_out: u32,
-    _pad: u32,
+    // SPLIT: the columns that go to `out` (q); 0 otherwise.
+    split: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -34,7 +42,11 @@ const X_VEC4S: u32 = 4096u;
 #else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;   // [n_rows, n_in / 4]
 #endif
-@group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, n_out]
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, n_out] (SPLIT: [n_rows, split])
+#if SPLIT
+@group(0) @binding(4) var<storage, read_write> out_k: array<f32>; // [n_rows, kv]
+@group(0) @binding(5) var<storage, read_write> out_v: array<f32>; // [n_rows, kv]
+#endif
 
 // x[e .. e + 4] for a flat index e (a multiple of 4).
 fn x4_at(e: u32) -> vec4<f32> {
@@ -48,11 +60,23 @@ fn weights4_at(row_byte: u32, i: u32) -> vec4<f32> {
 
 fn store(r: u32, o: u32, value: f32) {
     if r < params.n_rows && o < params.n_out {
+#if SPLIT
+        let q = params.split;
+        let kv = (params.n_out - q) / 2u;
+        if o < q {
+            out[r * q + o] = value;
+        } else if o < q + kv {
+            out_k[r * kv + o - q] = value;
+        } else {
+            out_v[r * kv + o - q - kv] = value;
+        }
+#else
         let at = r * params.n_out + o;
 #if ACCUMULATE
         out[at] += value;
 #else
         out[at] = value;
+#endif
 #endif
     }
 }
@@ -62,6 +86,24 @@ fn store(r: u32, o: u32, value: f32) {
 fn w_row(o: u32) -> u32 {
     return min(o, params.n_out - 1u) * row_bytes(params.n_in);
 }
+
+// Output columns one invocation stores per row: its 4 (vec) or 8 (tile) weight rows, halved by
+// SWIGLU, whose weight rows come in (gate, up) pairs.
+#if SWIGLU
+const OUT_SHARE: u32 = 2u;
+
+// The byte offset of the up row of output o (n_out rows after its gate row).
+fn up_row(o: u32) -> u32 {
+    return w_row(o) + params.n_out * row_bytes(params.n_in);
+}
+
+// silu(gate) * up; exp(-gate) overflows to +inf for gate < -88, which correctly gives -0.
+fn swiglu(gate: f32, up: f32) -> f32 {
+    return gate / (1.0 + exp(-gate)) * up;
+}
+#else
+const OUT_SHARE: u32 = 1u;
+#endif
 
 #if VEC
 // acc + the 8 products of one group, kept as 4 partial sums.
@@ -77,17 +119,25 @@ fn main(
 ) {
     let n_in = params.n_in;
     // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
-    let n_col_groups = (params.n_out + 4u * WG_SIZE - 1u) / (4u * WG_SIZE);
+    let group_cols = 4u / OUT_SHARE * WG_SIZE;
+    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
     let flat = wid.x + wid.y * n_wg.x;
     let r = flat / n_col_groups;
     if r >= params.n_rows {
         return;
     }
-    let o = flat % n_col_groups * 4u * WG_SIZE + lid;
+    let o = flat % n_col_groups * group_cols + lid;
+#if SWIGLU
+    let w0 = w_row(o);
+    let w1 = w_row(o + WG_SIZE);
+    let w2 = up_row(o);
+    let w3 = up_row(o + WG_SIZE);
+#else
     let w0 = w_row(o);
     let w1 = w_row(o + WG_SIZE);
     let w2 = w_row(o + 2u * WG_SIZE);
     let w3 = w_row(o + 3u * WG_SIZE);
+#endif
     let x_row = r * n_in;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
@@ -117,10 +167,15 @@ fn main(
         a3 = fma(weights4_at(w3, i), xi, a3);
     }
     let ones = vec4<f32>(1.0);
+#if SWIGLU
+    store(r, o, swiglu(dot(a0, ones), dot(a2, ones)));
+    store(r, o + WG_SIZE, swiglu(dot(a1, ones), dot(a3, ones)));
+#else
     store(r, o, dot(a0, ones));
     store(r, o + WG_SIZE, dot(a1, ones));
     store(r, o + 2u * WG_SIZE, dot(a2, ones));
     store(r, o + 3u * WG_SIZE, dot(a3, ones));
+#endif
 }
 #else
 // acc + one group of a column's weights times 4 rows of x: the columns of x_lo and x_hi are the
@@ -132,6 +187,12 @@ fn mac(acc: vec4<f32>, w: Group, x_lo: mat4x4<f32>, x_hi: mat4x4<f32>) -> vec4<f
 fn x_rows(x0: u32, x1: u32, x2: u32, x3: u32, i: u32) -> mat4x4<f32> {
     return mat4x4<f32>(x4_at(x0 + i), x4_at(x1 + i), x4_at(x2 + i), x4_at(x3 + i));
 }
+
+#if SWIGLU
+fn swiglu4(gate: vec4<f32>, up: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(swiglu(gate.x, up.x), swiglu(gate.y, up.y), swiglu(gate.z, up.z), swiglu(gate.w, up.w));
+}
+#endif
 
 fn store_rows(r0: u32, o: u32, acc: vec4<f32>) {
     store(r0, o, acc.x);
@@ -149,21 +210,29 @@ fn main(
     let n_rows = params.n_rows;
     let n_in = params.n_in;
     // Workgroups are laid out column group first, then row tile; a 2-D grid spills into y.
-    let n_col_groups = (params.n_out + 8u * WG_SIZE - 1u) / (8u * WG_SIZE);
+    let group_cols = 8u / OUT_SHARE * WG_SIZE;
+    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
     let flat = wid.x + wid.y * n_wg.x;
     let r0 = flat / n_col_groups * 4u;
     if r0 >= n_rows {
         return;
     }
-    let o = flat % n_col_groups * 8u * WG_SIZE + lid;
+    let o = flat % n_col_groups * group_cols + lid;
     let w0 = w_row(o);
     let w1 = w_row(o + WG_SIZE);
     let w2 = w_row(o + 2u * WG_SIZE);
     let w3 = w_row(o + 3u * WG_SIZE);
+#if SWIGLU
+    let w4 = up_row(o);
+    let w5 = up_row(o + WG_SIZE);
+    let w6 = up_row(o + 2u * WG_SIZE);
+    let w7 = up_row(o + 3u * WG_SIZE);
+#else
     let w4 = w_row(o + 4u * WG_SIZE);
     let w5 = w_row(o + 5u * WG_SIZE);
     let w6 = w_row(o + 6u * WG_SIZE);
     let w7 = w_row(o + 7u * WG_SIZE);
+#endif
     // Rows past n_rows read the last row; `store` drops their results.
     let x0 = min(r0, n_rows - 1u) * n_in;
     let x1 = min(r0 + 1u, n_rows - 1u) * n_in;
@@ -213,6 +282,12 @@ fn main(
         a6 += weights4_at(w6, i) * xi;
         a7 += weights4_at(w7, i) * xi;
     }
+#if SWIGLU
+    store_rows(r0, o, swiglu4(a0, a4));
+    store_rows(r0, o + WG_SIZE, swiglu4(a1, a5));
+    store_rows(r0, o + 2u * WG_SIZE, swiglu4(a2, a6));
+    store_rows(r0, o + 3u * WG_SIZE, swiglu4(a3, a7));
+#else
     store_rows(r0, o, a0);
     store_rows(r0, o + WG_SIZE, a1);
     store_rows(r0, o + 2u * WG_SIZE, a2);
@@ -221,5 +296,6 @@ fn main(
     store_rows(r0, o + 5u * WG_SIZE, a5);
     store_rows(r0, o + 6u * WG_SIZE, a6);
     store_rows(r0, o + 7u * WG_SIZE, a7);
+#endif
 }
 #endif

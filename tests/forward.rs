@@ -10,7 +10,7 @@ use sinkstar::attention::AttentionPolicy;
 use sinkstar::generate::SamplingParams;
 use sinkstar::model::forward_cpu::{CpuKvCache, CpuModel};
 use sinkstar::model::gguf::{GgmlType, Gguf};
-use sinkstar::model::{GpuModel, Session, SessionOptions};
+use sinkstar::model::{GpuModel, Part, Session, SessionOptions};
 
 /// Both sides decode the same blocks and compute in f32; what differs is summation order
 /// (tiled/parallel sums vs sequential) through 2 layers, on logits of magnitude ~1-10.
@@ -170,4 +170,33 @@ fn layer_by_layer_residuals_match_the_cpu_reference() {
             "residual_after leaves the cache as it was"
         );
     }
+}
+
+#[test]
+fn a_decode_step_is_one_submission_of_counted_dispatches_and_profiles_by_part() {
+    let tiny = Tiny::default();
+    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
+    let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    let options = SessionOptions {
+        policy: AttentionPolicy::Dense { capacity: 64 },
+        ..SessionOptions::default()
+    };
+    let fresh = Session::new(model.clone(), &options).unwrap();
+    let e = fresh.profile_decode(1).unwrap_err();
+    assert!(e.to_string().contains("nothing to decode"), "{e}");
+
+    let mut session = Session::new(model, &options).unwrap();
+    let greedy = SamplingParams::greedy();
+    session.feed_and_sample(&[1, 2, 3], &greedy).unwrap();
+    let submitted = session.n_submissions();
+    session.decode(&greedy).unwrap();
+    assert_eq!(session.n_submissions(), submitted + 1);
+    // Embed; per layer the norm, q/k/v in one matmul, the cache write, attention, the output
+    // projection with its residual, the norm, gate/up with SwiGLU, down with its residual;
+    // then the final norm, the head and the sampler.
+    assert_eq!(session.step_dispatches(), 1 + 8 * tiny.n_layers + 3);
+    let profile = session.profile_decode(1).unwrap();
+    let parts: Vec<Part> = profile.iter().map(|(part, _)| *part).collect();
+    assert_eq!(parts, Part::ALL);
+    assert!(profile.iter().all(|(_, secs)| *secs > 0.0), "{profile:?}");
 }

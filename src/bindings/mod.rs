@@ -74,7 +74,7 @@ impl WasmModel {
             .map_err(Error::from)?;
         let model = GpuModel::load(Arc::new(gpu), &gguf)?;
         let name = gguf.get_str("general.name").unwrap_or_default().to_string();
-        let weight_type = model.layers[0].wq.format.name().to_string();
+        let weight_type = model.layers[0].w_qkv.format.name().to_string();
         Ok(WasmModel {
             model: Arc::new(model),
             tokenizer,

@@ -3,7 +3,8 @@
 //!
 //! Two kernels per weight format: `vec` for decoding (one or a few rows) and `tile` for prefill
 //! (each decoded weight reused for 4 rows of x). Both can accumulate into `out`, which is how
-//! residual adds are fused (`x = x + Wo·a`). The vec kernel reads x from a uniform buffer
+//! residual adds are fused (`x = x + Wo·a`), or apply SwiGLU to (gate, up) row pairs of a
+//! stacked weight, which is how the FFN's activation is fused ([`Epilogue`]). The vec kernel reads x from a uniform buffer
 //! (twice as fast on lavapipe), so its x buffers need `BufferUsages::UNIFORM` and at least
 //! [`VEC_X_BYTES`] bytes. A dispatch checks the buffers it binds against the shape it is given
 //! and returns a [`MatmulError`] naming both, never a panic. The embed kernel reads the same
@@ -175,6 +176,20 @@ pub enum MatmulError {
         n_in: u32,
         capacity: u64,
     },
+    #[error("kernel `{variant}` binds {expected} output buffers, {got} given")]
+    Outputs {
+        variant: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "kernel `{variant}`: split = {split} of {n_out} columns leaves no two equal k and v parts"
+    )]
+    Split {
+        variant: String,
+        n_out: u32,
+        split: u32,
+    },
     #[error(transparent)]
     Gpu(#[from] GpuError),
 }
@@ -263,7 +278,8 @@ pub struct Params {
     pub n_rows: u32,
     pub n_in: u32,
     pub n_out: u32,
-    pub _pad: u32,
+    /// [`Epilogue::Split`]: the columns that go to the first output; 0 otherwise.
+    pub split: u32,
 }
 
 impl Params {
@@ -272,7 +288,16 @@ impl Params {
             n_rows,
             n_in,
             n_out,
-            _pad: 0,
+            split: 0,
+        }
+    }
+
+    /// The shape of a stacked q/k/v projection: `q_dim` columns of q, then k and v of
+    /// `kv_dim` each.
+    pub fn split_qkv(n_rows: u32, n_in: u32, q_dim: u32, kv_dim: u32) -> Params {
+        Params {
+            split: q_dim,
+            ..Params::new(n_rows, n_in, q_dim + 2 * kv_dim)
         }
     }
 }
@@ -317,13 +342,62 @@ const TILE_WG_SIZE: u32 = 16;
 /// from a uniform buffer as from a storage buffer.
 pub const VEC_X_BYTES: u64 = 65536;
 
-/// One pipeline variant: `matmul_<format>_<kind>[_acc]`.
+/// What a matmul does with its sums `y = W·x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// `out = y`.
+    Store,
+    /// `out += y` (a fused residual add).
+    Accumulate,
+    /// `W` stacks a gate and an up projection (`[2 n_out, n_in]`, gate rows first) and
+    /// `out[r, o] = silu(y[r, o]) * y[r, n_out + o]`: the FFN's SwiGLU, fused.
+    Swiglu,
+    /// `W` stacks the q, k and v projections: columns `0..split` of `y` go to the first output,
+    /// the two halves of the rest to the second and the third (one dispatch for all three).
+    Split,
+}
+
+impl Epilogue {
+    pub const ALL: [Epilogue; 4] = [
+        Epilogue::Store,
+        Epilogue::Accumulate,
+        Epilogue::Swiglu,
+        Epilogue::Split,
+    ];
+
+    /// Rows of `W` per output column.
+    pub fn weight_rows_per_output(self) -> u32 {
+        match self {
+            Epilogue::Store | Epilogue::Accumulate | Epilogue::Split => 1,
+            Epilogue::Swiglu => 2,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Epilogue::Store => "",
+            Epilogue::Accumulate => "_acc",
+            Epilogue::Swiglu => "_swiglu",
+            Epilogue::Split => "_split",
+        }
+    }
+
+    fn define(self) -> Option<&'static str> {
+        match self {
+            Epilogue::Store => None,
+            Epilogue::Accumulate => Some("ACCUMULATE"),
+            Epilogue::Swiglu => Some("SWIGLU"),
+            Epilogue::Split => Some("SPLIT"),
+        }
+    }
+}
+
+/// One pipeline variant: `matmul_<format>_<kind>[_acc|_swiglu]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub format: WeightFormat,
     pub kind: MatmulKind,
-    /// Add the product to `out` instead of overwriting it.
-    pub accumulate: bool,
+    pub epilogue: Epilogue,
 }
 
 impl Variant {
@@ -331,11 +405,11 @@ impl Variant {
         let mut all = Vec::new();
         for format in WeightFormat::ALL {
             for kind in MatmulKind::ALL {
-                for accumulate in [false, true] {
+                for epilogue in Epilogue::ALL {
                     all.push(Variant {
                         format,
                         kind,
-                        accumulate,
+                        epilogue,
                     });
                 }
             }
@@ -344,8 +418,12 @@ impl Variant {
     }
 
     pub fn name(&self) -> String {
-        let acc = if self.accumulate { "_acc" } else { "" };
-        format!("matmul_{}_{}{acc}", self.format.name(), self.kind.name())
+        format!(
+            "matmul_{}_{}{}",
+            self.format.name(),
+            self.kind.name(),
+            self.epilogue.suffix()
+        )
     }
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
@@ -353,25 +431,33 @@ impl Variant {
         if self.kind == MatmulKind::Vec {
             defines.push("VEC");
         }
-        if self.accumulate {
-            defines.push("ACCUMULATE");
-        }
+        defines.extend(self.epilogue.define());
         let (wg_size, _, _) = self.kind.block();
         Ok(PipelineSpec {
             label: self.name(),
             source: shader_source("matmul.wgsl", &defines)?,
             entry: "main",
             overrides: vec![("WG_SIZE".into(), f64::from(wg_size))],
-            bindings: vec![
+            bindings: [
                 Binding::Uniform,
                 Binding::Read,
                 match self.kind {
                     MatmulKind::Vec => Binding::Uniform,
                     MatmulKind::Tile => Binding::Read,
                 },
-                Binding::ReadWrite,
-            ],
+            ]
+            .into_iter()
+            .chain(std::iter::repeat_n(Binding::ReadWrite, self.n_outputs()))
+            .collect(),
         })
+    }
+
+    /// Output buffers it binds: q, k and v for [`Epilogue::Split`], else one.
+    fn n_outputs(&self) -> usize {
+        match self.epilogue {
+            Epilogue::Split => 3,
+            _ => 1,
+        }
     }
 }
 
@@ -390,12 +476,12 @@ impl Matmul {
         gpu: &Gpu,
         format: WeightFormat,
         kind: MatmulKind,
-        accumulate: bool,
+        epilogue: Epilogue,
     ) -> Result<Matmul, GpuError> {
         let variant = Variant {
             format,
             kind,
-            accumulate,
+            epilogue,
         };
         Ok(Matmul {
             variant,
@@ -407,10 +493,11 @@ impl Matmul {
         self.variant
     }
 
-    /// Binds `weight [n_out, n_in]` (from [`upload_weight`]), `x [n_rows, n_in]` and
-    /// `out [n_rows, n_out]` (f32), after checking them against `shape`: the weight must be
-    /// exactly that matrix, x and out must hold `shape.n_rows` rows. `params` must hold
-    /// `shape`, or the same with fewer rows recorded with [`Matmul::grid`].
+    /// Binds `weight [n_out, n_in]` (from [`upload_weight`]; `[2 n_out, n_in]` for
+    /// [`Epilogue::Swiglu`]), `x [n_rows, n_in]` and `out [n_rows, n_out]` (f32), after
+    /// checking them against `shape`: the weight must be exactly that matrix, x and out must
+    /// hold `shape.n_rows` rows. `params` must hold `shape`, or the same with fewer rows
+    /// recorded with [`Matmul::grid`].
     pub fn dispatch(
         &self,
         gpu: &Gpu,
@@ -420,7 +507,48 @@ impl Matmul {
         out: &wgpu::Buffer,
         shape: Params,
     ) -> Result<Dispatch, MatmulError> {
+        self.bind(gpu, params, weight, x, &[("out", out)], shape)
+    }
+
+    /// [`Matmul::dispatch`] for [`Epilogue::Split`]: `q [n_rows, split]`, `k` and `v`
+    /// `[n_rows, (n_out - split) / 2]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_split(
+        &self,
+        gpu: &Gpu,
+        params: wgpu::BindingResource,
+        weight: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        [q, k, v]: [&wgpu::Buffer; 3],
+        shape: Params,
+    ) -> Result<Dispatch, MatmulError> {
+        self.bind(
+            gpu,
+            params,
+            weight,
+            x,
+            &[("q", q), ("k", k), ("v", v)],
+            shape,
+        )
+    }
+
+    fn bind(
+        &self,
+        gpu: &Gpu,
+        params: wgpu::BindingResource,
+        weight: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        outs: &[(&'static str, &wgpu::Buffer)],
+        shape: Params,
+    ) -> Result<Dispatch, MatmulError> {
         let variant = self.variant.name();
+        if outs.len() != self.variant.n_outputs() {
+            return Err(MatmulError::Outputs {
+                variant,
+                expected: self.variant.n_outputs(),
+                got: outs.len(),
+            });
+        }
         let Params {
             n_rows,
             n_in,
@@ -428,13 +556,14 @@ impl Matmul {
             ..
         } = shape;
         let format = self.variant.format;
-        let expected =
-            weight_bytes(&variant, format, n_in as usize, n_out as usize)?.map(padded_weight_bytes);
+        let weight_rows = n_out * self.variant.epilogue.weight_rows_per_output();
+        let expected = weight_bytes(&variant, format, n_in as usize, weight_rows as usize)?
+            .map(padded_weight_bytes);
         if expected != Some(weight.size()) {
             return Err(MatmulError::WeightBuffer {
                 variant,
                 format,
-                n_out,
+                n_out: weight_rows,
                 n_in,
                 expected_bytes: expected.unwrap_or(u64::MAX),
                 bytes: weight.size(),
@@ -481,35 +610,49 @@ impl Matmul {
                 })
             }
         };
-        let out_bytes = rows * u64::from(n_out) * 4;
-        if out.size() < out_bytes {
-            return Err(too_small("out", out.size(), out_bytes));
+        let split = shape.split;
+        let columns = match self.variant.epilogue {
+            Epilogue::Split => {
+                if split == 0 || split >= n_out || !(n_out - split).is_multiple_of(2) {
+                    return Err(MatmulError::Split {
+                        variant,
+                        n_out,
+                        split,
+                    });
+                }
+                let kv = (n_out - split) / 2;
+                vec![split, kv, kv]
+            }
+            _ => vec![n_out],
+        };
+        for (&(what, out), cols) in outs.iter().zip(columns) {
+            let out_bytes = rows * u64::from(cols) * 4;
+            if out.size() < out_bytes {
+                return Err(too_small(what, out.size(), out_bytes));
+            }
         }
+        let mut bindings = vec![params, weight.as_entire_binding(), x_binding];
+        bindings.extend(outs.iter().map(|(_, out)| out.as_entire_binding()));
         Ok(Dispatch {
             kernel: self.kernel.clone(),
-            bind_group: self.kernel.bind(
-                gpu,
-                &[
-                    params,
-                    weight.as_entire_binding(),
-                    x_binding,
-                    out.as_entire_binding(),
-                ],
-            )?,
-            workgroups: Self::grid(gpu, self.variant.kind, n_rows, n_out)?,
+            bind_group: self.kernel.bind(gpu, &bindings)?,
+            workgroups: Self::grid(gpu, self.variant.kind, self.variant.epilogue, n_rows, n_out)?,
         })
     }
 
-    /// The grid of `kind` for `n_rows` rows and `n_out` outputs: one workgroup per `WG_SIZE`
-    /// invocations' worth of columns and rows (vec: 4 columns of 1 row each; tile: 8 columns
-    /// of 4 rows), spilling into y past the per-dimension limit.
+    /// The grid of `kind` with `epilogue` for `n_rows` rows and `n_out` outputs: one workgroup
+    /// per `WG_SIZE` invocations' worth of columns and rows (vec: 4 weight rows of 1 row of x
+    /// each; tile: 8 weight rows of 4; SwiGLU's outputs take two weight rows each), spilling
+    /// into y past the per-dimension limit.
     pub fn grid(
         gpu: &Gpu,
         kind: MatmulKind,
+        epilogue: Epilogue,
         n_rows: u32,
         n_out: u32,
     ) -> Result<[u32; 3], GpuError> {
-        let (wg_size, rows, cols) = kind.block();
+        let (wg_size, rows, weight_rows) = kind.block();
+        let cols = weight_rows / epilogue.weight_rows_per_output();
         let n_col_groups = u64::from(n_out).div_ceil(u64::from(wg_size * cols));
         let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(rows));
         grid(gpu, "matmul workgroups", n_col_groups * n_row_tiles)
@@ -517,7 +660,8 @@ impl Matmul {
 }
 
 /// CPU reference: decodes the same blocks with `model::quant` and multiplies in plain loops.
-/// `weight` is `[n_out, n_in]` in `format`, `x` is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`.
+/// `weight` is `[n_out, n_in]` in `format` (`[2 n_out, n_in]` for [`Epilogue::Swiglu`]), `x`
+/// is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`.
 pub fn matmul_cpu(
     format: WeightFormat,
     weight: &[u8],
@@ -525,9 +669,10 @@ pub fn matmul_cpu(
     n_out: usize,
     x: &[f32],
     out: &mut [f32],
-    accumulate: bool,
+    epilogue: Epilogue,
 ) -> Result<(), MatmulError> {
-    check_weight("matmul_cpu weight", format, n_in, n_out, weight.len())?;
+    let n_w = n_out * epilogue.weight_rows_per_output() as usize;
+    check_weight("matmul_cpu weight", format, n_in, n_w, weight.len())?;
     let n_rows = x.len().checked_div(n_in).unwrap_or(0);
     let too_small = |buffer, len: usize, needed: usize| MatmulError::BufferTooSmall {
         variant: "matmul_cpu".into(),
@@ -542,25 +687,33 @@ pub fn matmul_cpu(
     if out.len() != n_rows * n_out {
         return Err(too_small("out", out.len(), n_rows * n_out));
     }
-    let mut w = vec![0.0f32; n_out * n_in]; // [n_out, n_in]
+    let mut w = vec![0.0f32; n_w * n_in]; // [n_w, n_in]
     dequantize(format.ggml_type(), weight, &mut w).map_err(|_| MatmulError::WeightBytes {
         what: "matmul_cpu weight".into(),
         format,
-        n_out,
+        n_out: n_w,
         n_in,
-        expected_bytes: n_out * format.row_bytes(n_in).unwrap_or(0),
+        expected_bytes: n_w * format.row_bytes(n_in).unwrap_or(0),
         n_bytes: weight.len(),
     })?;
     if n_in == 0 {
         return Ok(());
     }
+    let dot = |x_row: &[f32], o: usize| -> f32 {
+        let w_row = &w[o * n_in..(o + 1) * n_in];
+        x_row.iter().zip(w_row).map(|(xi, wi)| xi * wi).sum()
+    };
     for (x_row, out_row) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-        for (o, w_row) in out_row.iter_mut().zip(w.chunks_exact(n_in)) {
-            let mut sum = 0.0f32;
-            for (xi, wi) in x_row.iter().zip(w_row) {
-                sum += xi * wi;
-            }
-            *o = if accumulate { *o + sum } else { sum };
+        for (o, out) in out_row.iter_mut().enumerate() {
+            *out = match epilogue {
+                // The kernel's split is a layout: the reference keeps the columns in one row.
+                Epilogue::Store | Epilogue::Split => dot(x_row, o),
+                Epilogue::Accumulate => *out + dot(x_row, o),
+                Epilogue::Swiglu => {
+                    let (gate, up) = (dot(x_row, o), dot(x_row, n_out + o));
+                    gate / (1.0 + (-gate).exp()) * up
+                }
+            };
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ pub mod matmul;
 pub mod mta;
 pub mod rms_norm;
 pub mod sample;
-pub mod swiglu;
+pub mod stream;
 
 macro_rules! shader_table {
     ($($path:literal),* $(,)?) => {
@@ -34,7 +34,7 @@ pub const SHADERS: &[(&str, &str)] = shader_table![
     "mta.wgsl",
     "rms_norm.wgsl",
     "sample.wgsl",
-    "swiglu.wgsl",
+    "stream.wgsl",
 ];
 
 /// Preprocesses `file` from [`SHADERS`] with `defines`.
@@ -53,7 +53,7 @@ pub fn all_variants() -> Vec<Result<PipelineSpec, GpuError>> {
         mta::variants(),
         rms_norm::variants(),
         sample::variants(),
-        swiglu::variants(),
+        stream::variants(),
     ]
     .into_iter()
     .flatten()

@@ -806,10 +806,15 @@ impl MtaPass {
         Ok(())
     }
 
+    /// The stages' dispatches for the chunk last given to [`MtaPass::set_rows`], in order.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.steps.iter().map(|step| &step.dispatch)
+    }
+
     /// Records the stages of the chunk last given to [`MtaPass::set_rows`].
     pub fn record(&self, pass: &mut wgpu::ComputePass) {
-        for step in &self.steps {
-            step.dispatch.record(pass);
+        for dispatch in self.dispatches() {
+            dispatch.record(pass);
         }
     }
 }

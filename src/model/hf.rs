@@ -445,15 +445,17 @@ impl GpuModel {
             let values = values_f32(&st, name, &[dim])?;
             Ok(gpu.storage_with(name, bytemuck::cast_slice(&values))?)
         };
-        let matrix = |names: &[String], rope_rows: bool| -> Result<Weight> {
+        // Tensors stacked into one weight, each with whether its rows are RoPE'd (q, k).
+        let matrix = |parts: &[(String, bool)]| -> Result<Weight> {
+            let names: Vec<&String> = parts.iter().map(|(name, _)| name).collect();
             let views = names
                 .iter()
-                .map(|name| {
+                .map(|&name| {
                     st.tensor(name)
                         .map_err(|_| ModelError::MissingTensor { name: name.clone() })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let format = weight_format(&names[0], views[0].dtype())?;
+            let format = weight_format(names[0], views[0].dtype())?;
             if let Some((other, _)) = names
                 .iter()
                 .zip(&views)
@@ -466,7 +468,7 @@ impl GpuModel {
             }
             let n_in = views[0].shape()[1];
             let mut bytes = Vec::new();
-            for view in &views {
+            for (view, (_, rope_rows)) in views.iter().zip(parts) {
                 match rope_rows {
                     true => bytes.extend(interleave_rope_rows(
                         view.data(),
@@ -478,7 +480,16 @@ impl GpuModel {
             }
             let n_out: usize = views.iter().map(|v| v.shape()[0]).sum();
             Ok(Weight {
-                buffer: upload_weight(&gpu, &names.join("+"), format, &bytes)?,
+                buffer: upload_weight(
+                    &gpu,
+                    &names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                    format,
+                    &bytes,
+                )?,
                 format,
                 n_in: n_in as u32,
                 n_out: n_out as u32,
@@ -491,24 +502,26 @@ impl GpuModel {
                 let name = |part: &str| layer_name(l, part);
                 Ok(LayerWeights {
                     attn_norm: norm(&name("input_layernorm.weight"))?,
-                    wq: matrix(&[name("self_attn.q_proj.weight")], true)?,
-                    wk: matrix(&[name("self_attn.k_proj.weight")], true)?,
-                    wv: matrix(&[name("self_attn.v_proj.weight")], false)?,
-                    wo: matrix(&[name("self_attn.o_proj.weight")], false)?,
+                    w_qkv: matrix(&[
+                        (name("self_attn.q_proj.weight"), true),
+                        (name("self_attn.k_proj.weight"), true),
+                        (name("self_attn.v_proj.weight"), false),
+                    ])?,
+                    wo: matrix(&[(name("self_attn.o_proj.weight"), false)])?,
                     ffn_norm: norm(&name("post_attention_layernorm.weight"))?,
-                    w_gate_up: matrix(
-                        &[name("mlp.gate_proj.weight"), name("mlp.up_proj.weight")],
-                        false,
-                    )?,
-                    w_down: matrix(&[name("mlp.down_proj.weight")], false)?,
+                    w_gate_up: matrix(&[
+                        (name("mlp.gate_proj.weight"), false),
+                        (name("mlp.up_proj.weight"), false),
+                    ])?,
+                    w_down: matrix(&[(name("mlp.down_proj.weight"), false)])?,
                     mta,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let token_embd = matrix(&["model.embed_tokens.weight".into()], false)?;
+        let token_embd = matrix(&[("model.embed_tokens.weight".into(), false)])?;
         let output = match c.tied_output {
             true => None,
-            false => Some(matrix(&["lm_head.weight".into()], false)?),
+            false => Some(matrix(&[("lm_head.weight".into(), false)])?),
         };
         let output_norm = norm("model.norm.weight")?;
         Ok(GpuModel::from_parts(

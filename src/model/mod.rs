@@ -11,7 +11,7 @@ pub mod star;
 mod weights;
 
 pub use config::LlamaConfig;
-pub use session::{Session, SessionOptions, MAX_PENALTY_LAST_N};
+pub use session::{Part, Session, SessionOptions, MAX_PENALTY_LAST_N};
 pub use star::StarSession;
 pub use weights::{GpuModel, LayerWeights, Weight};
 

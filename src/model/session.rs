@@ -20,11 +20,10 @@ use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::kv_write::{self, KvWrite};
-use crate::kernels::matmul::{self, Matmul, MatmulKind};
+use crate::kernels::matmul::{self, Epilogue, Matmul, MatmulKind};
 use crate::kernels::mta::{Mta, MtaBuffers, MtaMaps, MtaPass, MtaShape};
 use crate::kernels::rms_norm::{self, RmsNorm};
 use crate::kernels::sample::{self, HistoryRing, Sample, SamplingParams};
-use crate::kernels::swiglu::{self, Swiglu};
 use crate::Result;
 
 /// Most recent tokens the repetition penalty can look at (`penalty_last_n` at most this).
@@ -66,7 +65,6 @@ struct Buffers {
     v: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
     att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
     lse: TrackedBuffer,    // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
-    gate_up: TrackedBuffer, // [max_chunk, 2 * hidden_dim]
     act: TrackedBuffer,    // [max_chunk, hidden_dim]
     h_last: TrackedBuffer, // [max_chunk, dim] normed rows the LM head reads
     logits: TrackedBuffer, // [max_chunk, vocab_size]
@@ -84,14 +82,11 @@ struct Buffers {
 struct Params {
     embed: ParamSlot,
     norm: ParamSlot,
-    q: ParamSlot,
-    k: ParamSlot,
-    v: ParamSlot,
+    qkv: ParamSlot,
     kv_write: ParamSlot,
     attention: ParamSlot,
     o: ParamSlot,
     gate_up: ParamSlot,
-    swiglu: ParamSlot,
     down: ParamSlot,
     final_norm: ParamSlot,
     head: ParamSlot,
@@ -114,6 +109,7 @@ struct Exchange {
 struct MatmulDispatch {
     vec: Dispatch,
     tile: Dispatch,
+    epilogue: Epilogue,
     n_out: u32,
 }
 
@@ -127,15 +123,13 @@ struct AttentionDispatch {
 
 struct LayerDispatches {
     attn_norm: Dispatch,
-    q: MatmulDispatch,
-    k: MatmulDispatch,
-    v: MatmulDispatch,
+    /// q, k and v in one matmul.
+    qkv: MatmulDispatch,
     kv_write: Dispatch,
     attention: AttentionDispatch,
     o: MatmulDispatch,
     ffn_norm: Dispatch,
     gate_up: MatmulDispatch,
-    swiglu: Dispatch,
     down: MatmulDispatch,
     /// Multi-Token Attention in place of `attention`, with its row rings.
     mta: Option<MtaPass>,
@@ -183,6 +177,12 @@ pub struct Session {
     ring_dirty: bool,
     /// Draws so far, mixed into the sampler's seed.
     sample_step: u32,
+    /// Command buffers submitted so far (the benchmark's submissions per token).
+    submissions: std::sync::atomic::AtomicU64,
+    /// Dispatches the last step recorded.
+    step_dispatches: usize,
+    /// The sampling of the last decode step, for [`Session::profile_decode`].
+    last_sampling: Option<SamplingParams>,
     /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
     /// [`StarSession`](super::star::StarSession).
     exchange: Option<Exchange>,
@@ -194,19 +194,92 @@ pub struct Session {
     mta_maps: Option<MtaMaps>,
 }
 
-/// The matvec form for one row (decode), the tiled form for more.
-fn record_matmul(
-    gpu: &Gpu,
-    pass: &mut wgpu::ComputePass,
-    m: &MatmulDispatch,
-    n_rows: u32,
-) -> Result<()> {
-    let (dispatch, kind) = match n_rows {
-        1 => (&m.vec, MatmulKind::Vec),
-        _ => (&m.tile, MatmulKind::Tile),
-    };
-    dispatch.record_grid(pass, Matmul::grid(gpu, kind, n_rows, m.n_out)?);
-    Ok(())
+/// The parts of a step's forward pass, as [`Session::profile_decode`] times them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Embed,
+    /// The RMS norms before attention, before the FFN and before the head.
+    Norm,
+    Qkv,
+    KvWrite,
+    /// Attention over the cache (Multi-Token Attention's stages in an MTA layer), and Star's
+    /// merge of partial attentions.
+    Attention,
+    /// The output projection with its residual add.
+    Output,
+    /// The FFN's gate and up projections with SwiGLU.
+    GateUp,
+    /// The FFN's down projection with its residual add.
+    Down,
+    /// The LM head.
+    Head,
+    Sample,
+}
+
+impl Part {
+    pub const ALL: [Part; 10] = [
+        Part::Embed,
+        Part::Norm,
+        Part::Qkv,
+        Part::KvWrite,
+        Part::Attention,
+        Part::Output,
+        Part::GateUp,
+        Part::Down,
+        Part::Head,
+        Part::Sample,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Embed => "embed",
+            Part::Norm => "rms norms",
+            Part::Qkv => "q, k, v projections",
+            Part::KvWrite => "kv cache write",
+            Part::Attention => "attention",
+            Part::Output => "output projection + residual",
+            Part::GateUp => "gate/up projection + SwiGLU",
+            Part::Down => "down projection + residual",
+            Part::Head => "LM head",
+            Part::Sample => "sampler",
+        }
+    }
+}
+
+/// Records a step's dispatches into a compute pass, each under its [`Part`]: all of them, or
+/// one part alone (the profile), counting what it records.
+struct Recorder<'a, 'p> {
+    pass: &'a mut wgpu::ComputePass<'p>,
+    only: Option<Part>,
+    recorded: usize,
+}
+
+impl<'a, 'p> Recorder<'a, 'p> {
+    fn new(pass: &'a mut wgpu::ComputePass<'p>, only: Option<Part>) -> Self {
+        Recorder {
+            pass,
+            only,
+            recorded: 0,
+        }
+    }
+
+    fn record(&mut self, part: Part, dispatch: &Dispatch, grid: [u32; 3]) {
+        if self.only.is_none_or(|only| only == part) && !grid.contains(&0) {
+            dispatch.record_grid(self.pass, grid);
+            self.recorded += 1;
+        }
+    }
+
+    /// The matvec form for one row (decode), the tiled form for more.
+    fn matmul(&mut self, gpu: &Gpu, part: Part, m: &MatmulDispatch, n_rows: u32) -> Result<()> {
+        let (dispatch, kind) = match n_rows {
+            1 => (&m.vec, MatmulKind::Vec),
+            _ => (&m.tile, MatmulKind::Tile),
+        };
+        let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.n_out)?;
+        self.record(part, dispatch, grid);
+        Ok(())
+    }
 }
 
 fn bytes_f32(n: usize) -> u64 {
@@ -282,7 +355,6 @@ impl Session {
             v: storage("v", bytes_f32(chunk * c.kv_dim()))?,
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
             lse: storage("lse", bytes_f32(chunk * c.n_heads))?,
-            gate_up: storage("gate_up", bytes_f32(chunk * 2 * c.hidden_dim))?,
             act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
             h_last: matmul_input("h_last", bytes_f32(chunk * c.dim))?,
             logits: storage("logits", bytes_f32(chunk * c.vocab_size))?,
@@ -299,22 +371,19 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        // 15 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
+        // 12 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
         // softmax, output, and a mix and a keep per convolution).
         let n_mta = model.layers.iter().filter(|l| l.mta.is_some()).count() as u32;
-        let mut arena = UniformArena::new(&gpu, "session params", 15 + 7 * n_mta)?;
+        let mut arena = UniformArena::new(&gpu, "session params", 12 + 7 * n_mta)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
             norm: slot()?,
-            q: slot()?,
-            k: slot()?,
-            v: slot()?,
+            qkv: slot()?,
             kv_write: slot()?,
             attention: slot()?,
             o: slot()?,
             gate_up: slot()?,
-            swiglu: slot()?,
             down: slot()?,
             final_norm: slot()?,
             head: slot()?,
@@ -324,7 +393,6 @@ impl Session {
         let b = &buffers;
         let chunk32 = chunk as u32;
         let rms = RmsNorm::new(&gpu)?;
-        let swiglu_kernel = Swiglu::new(&gpu)?;
         let kv_kernel = KvWrite::new(&gpu)?;
         let (head_dim, n_heads, n_kv_heads) =
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
@@ -364,29 +432,44 @@ impl Session {
             })
             .collect::<Result<Vec<_>>>()?;
         // `n_rows` is the most rows the tiled form will be given; decode uses one.
+        // `outs`: one buffer, or q, k and v for Epilogue::Split.
+        let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
                       x: &wgpu::Buffer,
-                      out: &wgpu::Buffer,
+                      outs: &[&wgpu::Buffer],
                       n_rows: u32,
-                      accumulate: bool|
+                      epilogue: Epilogue|
          -> Result<MatmulDispatch> {
+            let n_out = weight.n_out / epilogue.weight_rows_per_output();
             let make = |kind| -> Result<Dispatch> {
-                let kernel = Matmul::new(&gpu, weight.format, kind, accumulate)?;
+                let kernel = Matmul::new(&gpu, weight.format, kind, epilogue)?;
                 let rows = if kind == MatmulKind::Vec { 1 } else { n_rows };
-                Ok(kernel.dispatch(
-                    &gpu,
-                    arena.binding(slot),
-                    &weight.buffer,
-                    x,
-                    out,
-                    matmul::Params::new(rows, weight.n_in, weight.n_out),
-                )?)
+                let binding = arena.binding(slot);
+                Ok(match outs {
+                    &[q, k, v] => kernel.dispatch_split(
+                        &gpu,
+                        binding,
+                        &weight.buffer,
+                        x,
+                        [q, k, v],
+                        matmul::Params::split_qkv(rows, weight.n_in, q_dim, kv_dim),
+                    )?,
+                    _ => kernel.dispatch(
+                        &gpu,
+                        binding,
+                        &weight.buffer,
+                        x,
+                        outs[0],
+                        matmul::Params::new(rows, weight.n_in, n_out),
+                    )?,
+                })
             };
             Ok(MatmulDispatch {
                 vec: make(MatmulKind::Vec)?,
                 tile: make(MatmulKind::Tile)?,
-                n_out: weight.n_out,
+                epilogue,
+                n_out,
             })
         };
         let p = &params;
@@ -429,9 +512,14 @@ impl Session {
                         &b.h,
                         chunk32,
                     )?,
-                    q: matmul(p.q, &w.wq, &b.h, &b.q, chunk32, false)?,
-                    k: matmul(p.k, &w.wk, &b.h, &b.k, chunk32, false)?,
-                    v: matmul(p.v, &w.wv, &b.h, &b.v, chunk32, false)?,
+                    qkv: matmul(
+                        p.qkv,
+                        &w.w_qkv,
+                        &b.h,
+                        &[&b.q, &b.k, &b.v],
+                        chunk32,
+                        Epilogue::Split,
+                    )?,
                     kv_write: kv_kernel.dispatch(
                         &gpu,
                         arena.binding(p.kv_write),
@@ -469,7 +557,7 @@ impl Session {
                             tile_variant: attention_tile.variant(),
                         }
                     },
-                    o: matmul(p.o, &w.wo, &b.att, &b.x, chunk32, true)?,
+                    o: matmul(p.o, &w.wo, &b.att, &[&b.x], chunk32, Epilogue::Accumulate)?,
                     ffn_norm: rms.dispatch(
                         &gpu,
                         arena.binding(p.norm),
@@ -478,16 +566,22 @@ impl Session {
                         &b.h,
                         chunk32,
                     )?,
-                    gate_up: matmul(p.gate_up, &w.w_gate_up, &b.h, &b.gate_up, chunk32, false)?,
-                    swiglu: swiglu_kernel.dispatch(
-                        &gpu,
-                        arena.binding(p.swiglu),
-                        &b.gate_up,
-                        &b.act,
+                    gate_up: matmul(
+                        p.gate_up,
+                        &w.w_gate_up,
+                        &b.h,
+                        &[&b.act],
                         chunk32,
-                        c.hidden_dim as u32,
+                        Epilogue::Swiglu,
                     )?,
-                    down: matmul(p.down, &w.w_down, &b.act, &b.x, chunk32, true)?,
+                    down: matmul(
+                        p.down,
+                        &w.w_down,
+                        &b.act,
+                        &[&b.x],
+                        chunk32,
+                        Epilogue::Accumulate,
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -507,7 +601,14 @@ impl Session {
             &b.h_last,
             chunk32,
         )?;
-        let head = matmul(p.head, model.head(), &b.h_last, &b.logits, chunk32, false)?;
+        let head = matmul(
+            p.head,
+            model.head(),
+            &b.h_last,
+            &[&b.logits],
+            chunk32,
+            Epilogue::Store,
+        )?;
         let sample = Sample::new(&gpu)?.dispatch(
             &gpu,
             arena.binding(p.sample),
@@ -534,6 +635,9 @@ impl Session {
             ring_tokens: Vec::new(),
             ring_dirty: false,
             sample_step: 0,
+            submissions: std::sync::atomic::AtomicU64::new(0),
+            step_dispatches: 0,
+            last_sampling: None,
             exchange: None,
             exchange_rows: None,
             mta_maps: mta_parts.map(|(_, maps)| maps),
@@ -574,16 +678,14 @@ impl Session {
         self.options.policy
     }
 
-    /// Dispatches recorded by one decode step (layers, head and sampler).
-    pub fn decode_dispatches(&self) -> usize {
-        // An MTA layer runs its stages in place of the one attention dispatch.
-        let mta_extra: usize = self
-            .layers
-            .iter()
-            .filter_map(|l| l.mta.as_ref())
-            .map(|mta| mta.n_dispatches() - 1)
-            .sum();
-        1 + self.layers.len() * 11 + 3 + mta_extra
+    /// Command buffers this session has submitted.
+    pub fn n_submissions(&self) -> u64 {
+        self.submissions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dispatches the last step recorded (embed, layers, head and sampler; 0 before any).
+    pub fn step_dispatches(&self) -> usize {
+        self.step_dispatches
     }
 
     /// The slot the next token goes to: the ring's write head.
@@ -813,8 +915,9 @@ impl Session {
             .create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_embed(&mut pass, rows)?;
-            self.record_attention_half(&mut pass, 0, rows, store)?;
+            let mut recorder = Recorder::new(&mut pass, None);
+            self.record_embed(&mut recorder, rows)?;
+            self.record_attention_half(&mut recorder, 0, rows, store)?;
         }
         self.submit(encoder, &Head::None);
         self.exchange_rows = Some((rows, store));
@@ -877,17 +980,17 @@ impl Session {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            exchange
-                .merge
-                .record_grid(&mut pass, AttentionMerge::grid(gpu, &merge)?);
+            let mut recorder = Recorder::new(&mut pass, None);
+            let grid = AttentionMerge::grid(gpu, &merge)?;
+            recorder.record(Part::Attention, &exchange.merge, grid);
             // After the last layer only the head reads the residual stream.
             if !last || sampling.is_some() {
-                self.record_ffn_half(&mut pass, layer, rows)?;
+                self.record_ffn_half(&mut recorder, layer, rows)?;
             }
             if last {
-                self.record_head(&mut pass, &head, rows)?;
+                self.record_head(&mut recorder, &head, rows)?;
             } else {
-                self.record_attention_half(&mut pass, layer + 1, rows, store)?;
+                self.record_attention_half(&mut recorder, layer + 1, rows, store)?;
             }
         }
         self.submit(encoder, &head);
@@ -947,7 +1050,10 @@ impl Session {
         }
         match self.options.policy {
             AttentionPolicy::Recompute { .. } => self.prefill(&[], Head::Sample(sampling))?,
-            _ => self.step(None, 1, Head::Sample(sampling))?,
+            _ => {
+                self.step(None, 1, Head::Sample(sampling))?;
+                self.last_sampling = Some(*sampling);
+            }
         };
         self.read_sampled().await
     }
@@ -1087,6 +1193,19 @@ impl Session {
     /// token to the readback buffer for [`Session::read_sampled`].
     fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<()> {
         let rows = self.begin_step(tokens, n_rows, &head, None)?;
+        let encoder = self.record_step(rows, &head, None)?;
+        self.submit(encoder, &head);
+        Ok(())
+    }
+
+    /// A step's whole forward pass for `rows` rows (or only its `only` part) in one encoder,
+    /// with the params `begin_step` wrote; remembers how many dispatches it recorded.
+    fn record_step(
+        &mut self,
+        rows: u32,
+        head: &Head,
+        only: Option<Part>,
+    ) -> Result<wgpu::CommandEncoder> {
         let model = self.model.clone();
         let mut encoder = model
             .gpu()
@@ -1094,19 +1213,49 @@ impl Session {
             .create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_embed(&mut pass, rows)?;
+            let mut recorder = Recorder::new(&mut pass, only);
+            self.record_embed(&mut recorder, rows)?;
             let n_layers = match head {
-                Head::Layers(n) => n,
+                Head::Layers(n) => *n,
                 _ => self.layers.len(),
             };
             for layer in 0..n_layers {
-                self.record_attention_half(&mut pass, layer, rows, true)?;
-                self.record_ffn_half(&mut pass, layer, rows)?;
+                self.record_attention_half(&mut recorder, layer, rows, true)?;
+                self.record_ffn_half(&mut recorder, layer, rows)?;
             }
-            self.record_head(&mut pass, &head, rows)?;
+            self.record_head(&mut recorder, head, rows)?;
+            if only.is_none() {
+                self.step_dispatches = recorder.recorded;
+            }
         }
-        self.submit(encoder, &head);
-        Ok(())
+        Ok(encoder)
+    }
+
+    /// Seconds each [`Part`] of a decode step takes on the GPU: this session's last decode step
+    /// (one row, not the recompute policy's) re-recorded `repeat` times with only that part's dispatches (every layer's),
+    /// each submitted alone and waited for (median), after one untimed run. Parts re-run out
+    /// of order overwrite the cache and the activations, so the session is consumed.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_decode(mut self, repeat: usize) -> Result<Vec<(Part, f64)>> {
+        let sampling = self.last_sampling.ok_or(ModelError::NothingToDecode)?;
+        let head = Head::Sample(&sampling);
+        let gpu = self.model.gpu().clone();
+        let mut times = Vec::new();
+        for part in Part::ALL {
+            let mut secs = Vec::new();
+            for run in 0..=repeat.max(1) {
+                let encoder = self.record_step(1, &head, Some(part))?;
+                let start = web_time::Instant::now();
+                gpu.queue.submit([encoder.finish()]);
+                pollster::block_on(gpu.finish())?;
+                if run > 0 {
+                    secs.push(start.elapsed().as_secs_f64());
+                }
+            }
+            secs.sort_by(f64::total_cmp);
+            times.push((part, secs[secs.len() / 2]));
+        }
+        Ok(times)
     }
 
     /// Everything a step writes before recording: the rows' cache slots (unless `visiting`:
@@ -1185,15 +1334,17 @@ impl Session {
             },
         )?;
         let l0 = &model.layers[0];
-        for (slot, w) in [
-            (p.q, &l0.wq),
-            (p.k, &l0.wk),
-            (p.v, &l0.wv),
-            (p.o, &l0.wo),
-            (p.gate_up, &l0.w_gate_up),
-            (p.down, &l0.w_down),
+        let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
+        let n_in = c.dim as u32;
+        arena.set(p.qkv, &matmul::Params::split_qkv(rows, n_in, q_dim, kv_dim))?;
+        for (slot, w, rows_per_output) in [
+            (p.o, &l0.wo, 1),
+            // SwiGLU's outputs: one per (gate, up) pair of rows.
+            (p.gate_up, &l0.w_gate_up, 2),
+            (p.down, &l0.w_down, 1),
         ] {
-            arena.set(slot, &matmul::Params::new(rows, w.n_in, w.n_out))?;
+            let n_out = w.n_out / rows_per_output;
+            arena.set(slot, &matmul::Params::new(rows, w.n_in, n_out))?;
         }
         let head_w = model.head();
         arena.set(
@@ -1231,15 +1382,6 @@ impl Session {
                 mta.set_rows(gpu, arena, first_token, rows, 0)?;
             }
         }
-        arena.set(
-            p.swiglu,
-            &swiglu::Params {
-                n_rows: rows,
-                hidden_dim: c.hidden_dim as u32,
-                _pad0: 0,
-                _pad1: 0,
-            },
-        )?;
         if let Head::Sample(sampling) = head {
             if self.ring.capacity() != sampling.penalty_last_n {
                 self.ring = sampling.ring();
@@ -1255,10 +1397,10 @@ impl Session {
         Ok(rows)
     }
 
-    fn record_embed(&self, pass: &mut wgpu::ComputePass, rows: u32) -> Result<()> {
+    fn record_embed(&self, recorder: &mut Recorder, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         let dim = self.model.config.dim as u32;
-        self.embed.record_grid(pass, Embed::grid(gpu, rows, dim)?);
+        recorder.record(Part::Embed, &self.embed, Embed::grid(gpu, rows, dim)?);
         Ok(())
     }
 
@@ -1266,7 +1408,7 @@ impl Session {
     /// keys and values go into the cache only if `store`.
     fn record_attention_half(
         &self,
-        pass: &mut wgpu::ComputePass,
+        recorder: &mut Recorder,
         layer: usize,
         rows: u32,
         store: bool,
@@ -1274,16 +1416,17 @@ impl Session {
         let gpu = self.model.gpu();
         let c = &self.model.config;
         let l = &self.layers[layer];
-        l.attn_norm.record_grid(pass, RmsNorm::grid(gpu, rows)?);
-        record_matmul(gpu, pass, &l.q, rows)?;
+        recorder.record(Part::Norm, &l.attn_norm, RmsNorm::grid(gpu, rows)?);
+        // Rows that only visit this cache (Star's phase 2) compute k and v for nothing.
+        recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
         if store {
-            record_matmul(gpu, pass, &l.k, rows)?;
-            record_matmul(gpu, pass, &l.v, rows)?;
-            l.kv_write
-                .record_grid(pass, KvWrite::grid(gpu, rows, c.kv_dim() as u32)?);
+            let grid = KvWrite::grid(gpu, rows, c.kv_dim() as u32)?;
+            recorder.record(Part::KvWrite, &l.kv_write, grid);
         }
         if let Some(mta) = &l.mta {
-            mta.record(pass);
+            for dispatch in mta.dispatches() {
+                recorder.record(Part::Attention, dispatch, dispatch.workgroups);
+            }
             return Ok(());
         }
         // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
@@ -1293,25 +1436,23 @@ impl Session {
             _ => (a.tile_variant, &a.tile),
         };
         let grid = variant.grid(gpu, rows, c.n_heads as u32, c.n_kv_heads as u32)?;
-        dispatch.record_grid(pass, grid);
+        recorder.record(Part::Attention, dispatch, grid);
         Ok(())
     }
 
     /// The rest of layer `layer`, from `att`: output projection, FFN, both residual adds.
-    fn record_ffn_half(&self, pass: &mut wgpu::ComputePass, layer: usize, rows: u32) -> Result<()> {
+    fn record_ffn_half(&self, recorder: &mut Recorder, layer: usize, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         let l = &self.layers[layer];
-        record_matmul(gpu, pass, &l.o, rows)?;
-        l.ffn_norm.record_grid(pass, RmsNorm::grid(gpu, rows)?);
-        record_matmul(gpu, pass, &l.gate_up, rows)?;
-        let hidden = self.model.config.hidden_dim as u32;
-        l.swiglu.record_grid(pass, Swiglu::grid(gpu, rows, hidden)?);
-        record_matmul(gpu, pass, &l.down, rows)?;
+        recorder.matmul(gpu, Part::Output, &l.o, rows)?;
+        recorder.record(Part::Norm, &l.ffn_norm, RmsNorm::grid(gpu, rows)?);
+        recorder.matmul(gpu, Part::GateUp, &l.gate_up, rows)?;
+        recorder.matmul(gpu, Part::Down, &l.down, rows)?;
         Ok(())
     }
 
     /// The final norm and LM head (last row, or every row for `AllLogits`), and the sampler.
-    fn record_head(&self, pass: &mut wgpu::ComputePass, head: &Head, rows: u32) -> Result<()> {
+    fn record_head(&self, recorder: &mut Recorder, head: &Head, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         if matches!(head, Head::Logits | Head::Sample(_) | Head::AllLogits) {
             let head_rows = if matches!(head, Head::AllLogits) {
@@ -1319,12 +1460,12 @@ impl Session {
             } else {
                 1
             };
-            self.final_norm
-                .record_grid(pass, RmsNorm::grid(gpu, head_rows)?);
-            record_matmul(gpu, pass, &self.head, head_rows)?;
+            let grid = RmsNorm::grid(gpu, head_rows)?;
+            recorder.record(Part::Norm, &self.final_norm, grid);
+            recorder.matmul(gpu, Part::Head, &self.head, head_rows)?;
         }
         if matches!(head, Head::Sample(_)) {
-            self.sample.record(pass);
+            recorder.record(Part::Sample, &self.sample, self.sample.workgroups);
         }
         Ok(())
     }
@@ -1336,6 +1477,8 @@ impl Session {
             encoder.copy_buffer_to_buffer(&self.buffers.tokens, 0, &self.buffers.readback, 0, 4);
         }
         self.model.gpu().queue.submit([encoder.finish()]);
+        self.submissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for the token a `Sample` step left in the readback buffer and makes it pending.

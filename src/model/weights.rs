@@ -22,11 +22,10 @@ pub struct Weight {
 /// One block's tensors.
 pub struct LayerWeights {
     pub attn_norm: TrackedBuffer, // [dim] f32
-    pub wq: Weight,               // [n_heads * head_dim][dim]
-    pub wk: Weight,               // [n_kv_heads * head_dim][dim]
-    pub wv: Weight,               // [n_kv_heads * head_dim][dim]
-    pub wo: Weight,               // [dim][n_heads * head_dim]
-    pub ffn_norm: TrackedBuffer,  // [dim] f32
+    /// q, k and v stacked for one matmul: `[(n_heads + 2 n_kv_heads) * head_dim][dim]`.
+    pub w_qkv: Weight,
+    pub wo: Weight,              // [dim][n_heads * head_dim]
+    pub ffn_norm: TrackedBuffer, // [dim] f32
     /// Gate rows then up rows, `[2 * hidden_dim][dim]`: one matmul yields both halves.
     pub w_gate_up: Weight,
     pub w_down: Weight, // [dim][hidden_dim]
@@ -101,9 +100,7 @@ impl GpuModel {
                 let name = |part: &str| format!("blk.{l}.{part}.weight");
                 Ok(LayerWeights {
                     attn_norm: norm(&name("attn_norm"))?,
-                    wq: one(name("attn_q"))?,
-                    wk: one(name("attn_k"))?,
-                    wv: one(name("attn_v"))?,
+                    w_qkv: matrix(&[name("attn_q"), name("attn_k"), name("attn_v")])?,
                     wo: one(name("attn_output"))?,
                     ffn_norm: norm(&name("ffn_norm"))?,
                     w_gate_up: matrix(&[name("ffn_gate"), name("ffn_up")])?,
@@ -187,5 +184,25 @@ impl GpuModel {
     /// The LM head: `output.weight`, or the embedding when tied.
     pub fn head(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Bytes of weights one decoded token reads: every layer's matrices and norms, the final
+    /// norm and the LM head (of the embedding, only the token's own row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.w_qkv, &l.wo, &l.w_gate_up, &l.w_down]
+                    .iter()
+                    .map(|w| w.buffer.size())
+                    .sum::<u64>()
+                    + l.attn_norm.size()
+                    + l.ffn_norm.size()
+            })
+            .sum();
+        let embed = &self.token_embd;
+        let embed_row = embed.buffer.size() / u64::from(embed.n_out);
+        layers + self.output_norm.size() + self.head().buffer.size() + embed_row
     }
 }

@@ -59,7 +59,7 @@ mod matmul;
 mod mta;
 mod rms_norm;
 mod sample;
-mod swiglu;
+mod stream;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

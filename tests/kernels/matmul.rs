@@ -1,7 +1,7 @@
 use sinkstar::gpu::{Gpu, TrackedBuffer};
 use sinkstar::kernels::matmul::{
-    check_weight, matmul_cpu, upload_weight, Matmul, MatmulError, MatmulKind, Params, WeightFormat,
-    VEC_X_BYTES,
+    check_weight, matmul_cpu, upload_weight, Epilogue, Matmul, MatmulError, MatmulKind, Params,
+    WeightFormat, VEC_X_BYTES,
 };
 use sinkstar::model::quant::quantize;
 
@@ -21,12 +21,12 @@ fn tol(n_in: usize) -> Tol {
     }
 }
 
-/// Every kernel of one format: vec and tile, plain and accumulating.
+/// Every kernel of one format: vec and tile, with every epilogue.
 fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
     let mut all = Vec::new();
     for kind in MatmulKind::ALL {
-        for accumulate in [false, true] {
-            all.push(Matmul::new(gpu, format, kind, accumulate).unwrap());
+        for epilogue in Epilogue::ALL {
+            all.push(Matmul::new(gpu, format, kind, epilogue).unwrap());
         }
     }
     all
@@ -56,16 +56,22 @@ fn random_weight(seed: u64, format: WeightFormat, n_in: usize, n_out: usize) -> 
 }
 
 /// Runs every kernel in `kernels` (all of one format) on one random problem and compares it with
-/// `matmul_cpu`. Vec kernels are skipped where x does not fit their uniform buffer.
+/// `matmul_cpu`: `n_out` outputs, from as many weight rows (twice as many for SwiGLU, whose
+/// weight is a stacked gate and up of `n_out` rows each). Vec kernels are skipped where x does
+/// not fit their uniform buffer.
 async fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, n_out: usize) {
     let format = kernels[0].variant().format;
     // In u64: usize is 32 bits on wasm32, and the grid-spill test has 2^18 rows.
     let seed = n_rows as u64 * 1_000_003 + n_in as u64 * 1009 + n_out as u64;
-    let weight_bytes = random_weight(seed, format, n_in, n_out);
+    let stacked_bytes = random_weight(seed, format, n_in, 2 * n_out);
     let mut rng = rng(seed + 1);
     let x = random_vec(&mut rng, n_rows * n_in, 1.0);
     let out_before = random_vec(&mut rng, n_rows * n_out, 1.0);
-    let weight = upload_weight(gpu, "weight", format, &weight_bytes).unwrap();
+    // The first n_out rows of the stacked weight serve the plain epilogues.
+    let row_bytes = format.row_bytes(n_in).unwrap();
+    let plain_bytes = &stacked_bytes[..n_out * row_bytes];
+    let plain = upload_weight(gpu, "weight", format, plain_bytes).unwrap();
+    let stacked = upload_weight(gpu, "gate_up", format, &stacked_bytes).unwrap();
     let shape = Params::new(n_rows as u32, n_in as u32, n_out as u32);
     let (arena, slot) = arena_with(gpu, &shape);
     for kernel in kernels {
@@ -73,27 +79,101 @@ async fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, 
         if variant.kind == MatmulKind::Vec && (n_rows * n_in * 4) as u64 > VEC_X_BYTES {
             continue;
         }
+        let (weight, weight_bytes) = match variant.epilogue {
+            Epilogue::Swiglu => (&stacked, &stacked_bytes[..]),
+            _ => (&plain, plain_bytes),
+        };
+        if variant.epilogue == Epilogue::Split {
+            check_split(gpu, kernel, weight, weight_bytes, &x, n_rows, n_in, n_out).await;
+            continue;
+        }
         let x_buf = x_buffer(gpu, variant.kind, &x);
         let out = gpu
             .storage_with("out", bytemuck::cast_slice(&out_before))
             .unwrap();
         let dispatch = kernel
-            .dispatch(gpu, arena.binding(slot), &weight, &x_buf, &out, shape)
+            .dispatch(gpu, arena.binding(slot), weight, &x_buf, &out, shape)
             .unwrap();
         run(gpu, &[&dispatch]);
         let got = read_f32(gpu, &out, n_rows * n_out).await;
         let mut want = out_before.clone();
         matmul_cpu(
             format,
-            &weight_bytes,
+            weight_bytes,
             n_in,
             n_out,
             &x,
             &mut want,
-            variant.accumulate,
+            variant.epilogue,
         )
         .unwrap();
         let name = format!("{} {n_rows}x{n_in}->{n_out}", variant.name());
+        assert_close(&name, &got, &want, tol(n_in));
+    }
+}
+
+/// A stacked q/k/v matmul: `n_out` columns split as `n_out - 2 kv` of q and `kv = n_out / 3`
+/// each of k and v (shapes with no room for three parts are skipped); each output against its
+/// columns of the reference.
+#[allow(clippy::too_many_arguments)]
+async fn check_split(
+    gpu: &Gpu,
+    kernel: &Matmul,
+    weight: &TrackedBuffer,
+    weight_bytes: &[u8],
+    x: &[f32],
+    n_rows: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    let kv = n_out / 3;
+    let q = n_out - 2 * kv;
+    if kv == 0 {
+        return;
+    }
+    let variant = kernel.variant();
+    let shape = Params::split_qkv(n_rows as u32, n_in as u32, q as u32, kv as u32);
+    let (arena, slot) = arena_with(gpu, &shape);
+    let x_buf = x_buffer(gpu, variant.kind, x);
+    let nan = |what, cols: usize| {
+        let values = vec![f32::NAN; n_rows * cols];
+        gpu.storage_with(what, bytemuck::cast_slice(&values))
+            .unwrap()
+    };
+    let outs = [nan("q", q), nan("k", kv), nan("v", kv)];
+    let dispatch = kernel
+        .dispatch_split(
+            gpu,
+            arena.binding(slot),
+            weight,
+            &x_buf,
+            [&outs[0], &outs[1], &outs[2]],
+            shape,
+        )
+        .unwrap();
+    run(gpu, &[&dispatch]);
+    let mut want = vec![0.0; n_rows * n_out];
+    matmul_cpu(
+        variant.format,
+        weight_bytes,
+        n_in,
+        n_out,
+        x,
+        &mut want,
+        Epilogue::Split,
+    )
+    .unwrap();
+    for (part, (out, (start, cols))) in
+        ["q", "k", "v"]
+            .iter()
+            .zip(outs.iter().zip([(0, q), (q, kv), (q + kv, kv)]))
+    {
+        let got = read_f32(gpu, out, n_rows * cols).await;
+        let want: Vec<f32> = want
+            .chunks_exact(n_out)
+            .flat_map(|row| row[start..start + cols].iter().copied())
+            .collect();
+        let name = format!("{} {part} of {n_rows}x{n_in}->{n_out}", variant.name());
         assert_close(&name, &got, &want, tol(n_in));
     }
 }
@@ -155,7 +235,14 @@ async fn matmul_spills_grid_into_y(gpu: &Gpu) {
     // rows; 3 rows past a whole tile.
     let (n_in, n_out) = (4, 1);
     let n_rows = 4 * gpu.limits.max_compute_workgroups_per_dimension as usize + 7;
-    let grid = Matmul::grid(gpu, MatmulKind::Tile, n_rows as u32, n_out as u32).unwrap();
+    let grid = Matmul::grid(
+        gpu,
+        MatmulKind::Tile,
+        Epilogue::Store,
+        n_rows as u32,
+        n_out as u32,
+    )
+    .unwrap();
     assert!(grid[1] > 1, "no spill: {grid:?}");
     let kernels: Vec<Matmul> = kernels(gpu, WeightFormat::F32)
         .into_iter()
@@ -212,7 +299,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let out = gpu.storage("out", 2 * 3 * 4).unwrap();
     let shape = Params::new(n_rows, n_in, n_out);
     let (arena, slot) = arena_with(gpu, &shape);
-    let tile = Matmul::new(gpu, format, MatmulKind::Tile, false).unwrap();
+    let tile = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Store).unwrap();
     let short = upload_weight(gpu, "short", format, &random_weight(1, format, 64, 2)).unwrap();
     let q8_0 = WeightFormat::Q8_0;
     let other = upload_weight(gpu, "q8_0", q8_0, &random_weight(1, q8_0, 64, 3)).unwrap();
@@ -236,8 +323,68 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         assert!(e.to_string().contains("[3, 64] q4_1"), "{e}");
     }
 
-    // Buffers too small for the rows, and a vec kernel given what it cannot bind.
+    // A split kernel given one output, and a split that leaves unequal k and v.
+    let split = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Split).unwrap();
+    let w3 = upload_weight(gpu, "w3", format, &random_weight(1, format, 64, 3)).unwrap();
+    let e = split
+        .dispatch(gpu, arena.binding(slot), &w3, &x, &out, shape)
+        .err()
+        .expect("one output for three is rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::Outputs {
+                expected: 3,
+                got: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let uneven = Params { split: 2, ..shape };
+    let e = split
+        .dispatch_split(
+            gpu,
+            arena.binding(slot),
+            &w3,
+            &x,
+            [&out, &out, &out],
+            uneven,
+        )
+        .err()
+        .expect("k and v of unequal widths are rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::Split {
+                split: 2,
+                n_out: 3,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // A SwiGLU kernel given a plain [3, 64] weight: it needs the stacked [6, 64].
     let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
+    let swiglu = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Swiglu).unwrap();
+    let e = swiglu
+        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, shape)
+        .err()
+        .expect("an unstacked weight is rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::WeightBuffer {
+                n_out: 6,
+                expected_bytes: 240,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // Buffers too small for the rows, and a vec kernel given what it cannot bind.
     let small_out = gpu.storage("out", 4).unwrap();
     let e = tile
         .dispatch(gpu, arena.binding(slot), &weight, &x, &small_out, shape)
@@ -254,7 +401,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         ),
         "{e:?}"
     );
-    let vec = Matmul::new(gpu, format, MatmulKind::Vec, false).unwrap();
+    let vec = Matmul::new(gpu, format, MatmulKind::Vec, Epilogue::Store).unwrap();
     let e = vec
         .dispatch(gpu, arena.binding(slot), &weight, &x, &out, shape)
         .err()
@@ -272,7 +419,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
 
     // Float weights are whole blocks at any n_in, but the kernels read x as vec4.
     let f32_weight = upload_weight(gpu, "f32", WeightFormat::F32, &[0; 3 * 7 * 4]).unwrap();
-    let f32_tile = Matmul::new(gpu, WeightFormat::F32, MatmulKind::Tile, false).unwrap();
+    let f32_tile = Matmul::new(gpu, WeightFormat::F32, MatmulKind::Tile, Epilogue::Store).unwrap();
     let odd = Params::new(2, 7, 3);
     let e = f32_tile
         .dispatch(gpu, arena.binding(slot), &f32_weight, &x, &out, odd)
@@ -282,7 +429,16 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
 
     // The reference checks the same way.
     let mut out = vec![0.0; 6];
-    let e = matmul_cpu(format, &[0; 100], 64, 3, &[0.0; 128], &mut out, false).unwrap_err();
+    let e = matmul_cpu(
+        format,
+        &[0; 100],
+        64,
+        3,
+        &[0.0; 128],
+        &mut out,
+        Epilogue::Store,
+    )
+    .unwrap_err();
     assert!(
         matches!(e, MatmulError::WeightBytes { n_bytes: 100, .. }),
         "{e:?}"

@@ -499,6 +499,27 @@ async fn mta_matches_cpu(gpu: &Gpu) {
     }
 }
 
+gpu_test!(mta_long_document_in_tiles);
+/// A document of 257 tokens (mta.md §11.9) in the session's tiles of 64 query rows, the last
+/// one a single row: each tile's halo crosses the tile edge into the ring, and the keys are
+/// no multiple of the workgroup size.
+async fn mta_long_document_in_tiles(gpu: &Gpu) {
+    let mut rng = rng(86);
+    let n_tokens = if BROWSER { 70 } else { 257 };
+    let shape = CpuShape {
+        n_tokens,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let (name, layer) = layers(4).swap_remove(2);
+    let inputs = Inputs::random(&mut rng, shape);
+    let weights = random_weights(&mut rng, &layer, 4, 64);
+    let got = run_gpu(gpu, &layer, &weights, &[&inputs], 64).await;
+    let label = format!("{name}, {n_tokens} tokens in tiles of 64");
+    assert_close(&label, &got, &inputs.cpu(&layer, &weights), TOL_MTA);
+}
+
 gpu_test!(mta_decode_equals_prefill);
 /// Token-by-token decode (one row per dispatch, halo rows from the rings) equals single-pass
 /// prefill for every length T = 1..40, including T < c_q and T < (c_k - 1) / 2 (mta.md §11.4).

@@ -12,6 +12,7 @@ use clap::Args;
 use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
 use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
+use sinkstar::kernels::stream::{dispatch_overhead, stream_bandwidth};
 use sinkstar::model::{sinkstar_home, Session, SessionOptions};
 use sinkstar::tokenizer::Tokenizer;
 
@@ -174,22 +175,45 @@ fn bench_basic(
     }
     let prompt = bench_prompt(&loaded.tokenizer, 16)?;
     let mut rates = Vec::new();
+    let mut submissions = 0.0;
     for _ in 0..repeat {
         session.reset();
         session.feed_and_sample(&prompt, &greedy)?;
+        let submitted = session.n_submissions();
         let start = Instant::now();
         for _ in 0..decode_tokens {
             session.decode(&greedy)?;
         }
         rates.push(decode_tokens as f64 / start.elapsed().as_secs_f64());
+        submissions = (session.n_submissions() - submitted) as f64 / decode_tokens as f64;
     }
     let decode_rate = median(rates);
-    let dispatches = session.decode_dispatches();
+    let dispatches = session.step_dispatches();
     println!(
-        "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, 1 submission per token)"
+        "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, \
+         {submissions} submissions per token)"
     );
     let memory = gpu.allocated_bytes();
     println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
+    let bandwidth = pollster::block_on(stream_bandwidth(gpu, repeat))?;
+    let overhead = pollster::block_on(dispatch_overhead(gpu, repeat))?;
+    let weight_bytes = loaded.model.weight_bytes_per_token();
+    let decode_bandwidth = weight_bytes as f64 * decode_rate;
+    println!(
+        "decode reads {:.1} MB of weights per token: {:.2} GB/s, {:.0}% of the {:.2} GB/s the \
+         device streams (stream kernel)",
+        weight_bytes as f64 / 1e6,
+        decode_bandwidth / 1e9,
+        100.0 * decode_bandwidth / bandwidth,
+        bandwidth / 1e9
+    );
+    println!(
+        "one dispatch costs {:.1} us beyond its work: {:.1} of the {:.1} ms a token takes are \
+         the overhead of its {dispatches} dispatches",
+        overhead * 1e6,
+        overhead * dispatches as f64 * 1e3,
+        1e3 / decode_rate
+    );
     let (ring_bytes, map_bytes) = session.mta_bytes();
     if map_bytes > 0 {
         println!(
@@ -199,7 +223,28 @@ fn bench_basic(
             ring_bytes as f64 / 1048576.0
         );
     }
+    // Where a token's time goes: each part of the decode step alone (this consumes the
+    // session, whose caches the out-of-order re-runs overwrite).
+    let profile = session.profile_decode(repeat)?;
+    let profiled: f64 = profile.iter().map(|(_, secs)| secs).sum();
+    println!(
+        "decode profile (each part of a step alone, all layers; the parts sum to {:.1} ms):",
+        profiled * 1e3
+    );
+    for (part, secs) in &profile {
+        println!(
+            "  {:32} {:7.2} ms {:5.1}%",
+            part.name(),
+            secs * 1e3,
+            100.0 * secs / profiled
+        );
+    }
+    let profile_json: serde_json::Value = profile
+        .iter()
+        .map(|(part, secs)| serde_json::json!({"part": part.name(), "secs": secs}))
+        .collect();
     Ok(vec![
+        ("decode_profile", profile_json),
         (
             "prefill",
             prefill
@@ -209,7 +254,13 @@ fn bench_basic(
         ),
         ("decode_tokens", decode_tokens.into()),
         ("decode_tok_per_s", decode_rate.into()),
+        ("layers", loaded.model.config.n_layers.into()),
         ("decode_dispatches", dispatches.into()),
+        ("decode_submissions_per_token", submissions.into()),
+        ("weight_bytes_per_token", weight_bytes.into()),
+        ("decode_weight_bytes_per_s", decode_bandwidth.into()),
+        ("stream_bytes_per_s", bandwidth.into()),
+        ("dispatch_overhead_s", overhead.into()),
         ("gpu_memory_bytes", memory.into()),
         ("mta_map_bytes", map_bytes.into()),
         ("mta_ring_bytes", ring_bytes.into()),

@@ -178,7 +178,7 @@ pub fn ppl(cli: &Cli, args: &PplArgs) -> anyhow::Result<()> {
         describe_policy(policy),
         session.capacity(),
         args.chunk,
-        model.layers[0].wq.format,
+        model.layers[0].w_qkv.format,
     );
 
     let mut stopped = None;

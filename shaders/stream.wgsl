@@ -1,0 +1,32 @@
+// stream: the device's streaming read bandwidth, the yardstick of the benchmark (a decode step reads every
+// weight once, so its bytes per second are measured against this). Invocation i reads data[i], data[i + n],
+// data[i + 2n], ... (n = n_threads: neighbouring invocations read neighbouring vec4s, as a coalesced matvec
+// does) and writes the wrapping sum of what it read to out[i], so that no load can be optimised away and a
+// test can check that every element was read exactly once.
+// Flags: none. Overrides: WG_SIZE. Spec: none.
+
+override WG_SIZE: u32 = 64u;
+
+struct Params {
+    n_vec4s: u32,
+    n_threads: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> data: array<vec4<u32>>;   // [n_vec4s]
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;    // [n_threads]
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n_wg: vec3<u32>) {
+    let i = gid.x + gid.y * n_wg.x * WG_SIZE;
+    if i >= params.n_threads {
+        return;
+    }
+    var sum = vec4<u32>(0u);
+    for (var e = i; e < params.n_vec4s; e += params.n_threads) {
+        sum += data[e];
+    }
+    out[i] = sum.x + sum.y + sum.z + sum.w;
+}

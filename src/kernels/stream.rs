@@ -1,0 +1,179 @@
+//! stream: a read of a whole buffer at the device's streaming bandwidth, the yardstick of
+//! `sinkstar bench` (issue 9: decode's bytes of weights per second are measured against it).
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::shader_source;
+use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
+
+/// Twin of the WGSL `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct Params {
+    pub n_vec4s: u32,
+    pub n_threads: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+const WG_SIZE: u32 = 64;
+
+pub fn spec() -> Result<PipelineSpec, GpuError> {
+    Ok(PipelineSpec {
+        label: format!("stream_wg{WG_SIZE}"),
+        source: shader_source("stream.wgsl", &[])?,
+        entry: "main",
+        overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
+        bindings: vec![Binding::Uniform, Binding::Read, Binding::ReadWrite],
+    })
+}
+
+pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
+    vec![spec()]
+}
+
+pub struct Stream {
+    kernel: Arc<Kernel>,
+}
+
+impl Stream {
+    pub fn new(gpu: &Gpu) -> Result<Stream, GpuError> {
+        Ok(Stream {
+            kernel: gpu.kernel(&spec()?)?,
+        })
+    }
+
+    /// Binds `data` (`[n_vec4s]` vec4<u32>) and `out` (`[n_threads]` u32) for `n_threads`
+    /// invocations (a multiple of the workgroup size, see [`Stream::threads`]).
+    pub fn dispatch(
+        &self,
+        gpu: &Gpu,
+        params: wgpu::BindingResource,
+        data: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n_threads: u32,
+    ) -> Result<Dispatch, GpuError> {
+        Ok(Dispatch {
+            kernel: self.kernel.clone(),
+            bind_group: self.kernel.bind(
+                gpu,
+                &[params, data.as_entire_binding(), out.as_entire_binding()],
+            )?,
+            workgroups: grid(gpu, "stream threads", u64::from(n_threads / WG_SIZE))?,
+        })
+    }
+
+    /// Invocations for a read: enough workgroups to fill any device (a few per shader core of
+    /// the largest GPUs), rounded to whole workgroups.
+    pub fn threads(n_vec4s: u32) -> u32 {
+        const MOST: u32 = 1 << 16;
+        n_vec4s.clamp(1, MOST).div_ceil(WG_SIZE) * WG_SIZE
+    }
+}
+
+/// CPU reference: what invocation `i` of `n_threads` writes, for `data` as u32 words (a
+/// multiple of 4).
+pub fn stream_cpu(data: &[u32], n_threads: usize) -> Vec<u32> {
+    let vec4s: Vec<&[u32]> = data.chunks_exact(4).collect();
+    (0..n_threads)
+        .map(|i| {
+            vec4s
+                .iter()
+                .skip(i)
+                .step_by(n_threads)
+                .flat_map(|v| v.iter())
+                .fold(0u32, |sum, &w| sum.wrapping_add(w))
+        })
+        .collect()
+}
+
+/// Bytes per second the device streams through [`Stream`]: the median of `repeat` timed
+/// submissions (after one untimed, which pays for the pipeline), each of 8 reads of one
+/// buffer of up to 256 MiB (less where the device's limits are lower; 8 reads so that a fast
+/// GPU's submission overhead does not count).
+pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
+    const READS: u32 = 8;
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let bytes = limit.min(256 << 20) / 16 * 16;
+    let n_vec4s = u32::try_from(bytes / 16).unwrap_or(u32::MAX);
+    let n_threads = Stream::threads(n_vec4s);
+    let data = gpu.storage("stream data", u64::from(n_vec4s) * 16)?;
+    let out = gpu.storage("stream sums", u64::from(n_threads) * 4)?;
+    let mut arena = crate::gpu::UniformArena::new(gpu, "stream params", 1)?;
+    let slot = arena.slot()?;
+    arena.set(
+        slot,
+        &Params {
+            n_vec4s,
+            n_threads,
+            _pad0: 0,
+            _pad1: 0,
+        },
+    )?;
+    arena.upload(gpu);
+    let dispatch = Stream::new(gpu)?.dispatch(gpu, arena.binding(slot), &data, &out, n_threads)?;
+    let mut rates = Vec::new();
+    for run in 0..=repeat.max(1) {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for _ in 0..READS {
+                dispatch.record(&mut pass);
+            }
+        }
+        let start = web_time::Instant::now();
+        gpu.queue.submit([encoder.finish()]);
+        gpu.finish().await?;
+        if run > 0 {
+            let secs = start.elapsed().as_secs_f64();
+            rates.push((u64::from(READS) * u64::from(n_vec4s) * 16) as f64 / secs);
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
+}
+
+/// Seconds one dispatch costs beyond its work: the median of `repeat` timed submissions of
+/// 1000 dispatches of one workgroup each that read 16 bytes (after one untimed), per
+/// dispatch. The benchmark's profile weighs kernel counts with it.
+pub async fn dispatch_overhead(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
+    const DISPATCHES: u32 = 1000;
+    let data = gpu.storage("overhead data", 16)?;
+    let out = gpu.storage("overhead sums", u64::from(WG_SIZE) * 4)?;
+    let mut arena = crate::gpu::UniformArena::new(gpu, "overhead params", 1)?;
+    let slot = arena.slot()?;
+    arena.set(
+        slot,
+        &Params {
+            n_vec4s: 1,
+            n_threads: WG_SIZE,
+            _pad0: 0,
+            _pad1: 0,
+        },
+    )?;
+    arena.upload(gpu);
+    let dispatch = Stream::new(gpu)?.dispatch(gpu, arena.binding(slot), &data, &out, WG_SIZE)?;
+    let mut secs = Vec::new();
+    for run in 0..=repeat.max(1) {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for _ in 0..DISPATCHES {
+                dispatch.record(&mut pass);
+            }
+        }
+        let start = web_time::Instant::now();
+        gpu.queue.submit([encoder.finish()]);
+        gpu.finish().await?;
+        if run > 0 {
+            secs.push(start.elapsed().as_secs_f64() / f64::from(DISPATCHES));
+        }
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(secs[secs.len() / 2])
+}
