@@ -191,7 +191,7 @@ fn bench_basic(
     let dispatches = session.step_dispatches();
     println!(
         "decode {decode_tokens} tokens: {decode_rate:8.1} tok/s ({dispatches} dispatches, \
-         {submissions} submissions per token)"
+         {submissions} submission(s) per token)"
     );
     let memory = gpu.allocated_bytes();
     println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
