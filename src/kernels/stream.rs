@@ -99,9 +99,29 @@ pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError>
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
-    let bytes = limit.min(256 << 20) / 16 * 16;
-    let n_vec4s = u32::try_from(bytes / 16).unwrap_or(u32::MAX);
-    let n_threads = Stream::threads(n_vec4s);
+    let n_vec4s = u32::try_from(limit.min(256 << 20) / 16).unwrap_or(u32::MAX);
+    let secs = time_reads(gpu, n_vec4s, Stream::threads(n_vec4s), READS, repeat).await?;
+    Ok((u64::from(READS) * u64::from(n_vec4s) * 16) as f64 / secs)
+}
+
+/// Seconds one dispatch costs beyond its work: the median of `repeat` timed submissions of
+/// 1000 dispatches of one workgroup each that read 16 bytes (after one untimed), per
+/// dispatch. The benchmark's profile weighs kernel counts with it.
+pub async fn dispatch_overhead(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
+    const DISPATCHES: u32 = 1000;
+    let secs = time_reads(gpu, 1, WG_SIZE, DISPATCHES, repeat).await?;
+    Ok(secs / f64::from(DISPATCHES))
+}
+
+/// The median seconds of `repeat` submissions (after one untimed) of `n_dispatches` reads of
+/// `n_vec4s` by `n_threads` invocations, each submission waited for.
+async fn time_reads(
+    gpu: &Gpu,
+    n_vec4s: u32,
+    n_threads: u32,
+    n_dispatches: u32,
+    repeat: usize,
+) -> Result<f64, GpuError> {
     let data = gpu.storage("stream data", u64::from(n_vec4s) * 16)?;
     let out = gpu.storage("stream sums", u64::from(n_threads) * 4)?;
     let mut arena = crate::gpu::UniformArena::new(gpu, "stream params", 1)?;
@@ -117,53 +137,12 @@ pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError>
     )?;
     arena.upload(gpu);
     let dispatch = Stream::new(gpu)?.dispatch(gpu, arena.binding(slot), &data, &out, n_threads)?;
-    let mut rates = Vec::new();
-    for run in 0..=repeat.max(1) {
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for _ in 0..READS {
-                dispatch.record(&mut pass);
-            }
-        }
-        let start = web_time::Instant::now();
-        gpu.queue.submit([encoder.finish()]);
-        gpu.finish().await?;
-        if run > 0 {
-            let secs = start.elapsed().as_secs_f64();
-            rates.push((u64::from(READS) * u64::from(n_vec4s) * 16) as f64 / secs);
-        }
-    }
-    rates.sort_by(f64::total_cmp);
-    Ok(rates[rates.len() / 2])
-}
-
-/// Seconds one dispatch costs beyond its work: the median of `repeat` timed submissions of
-/// 1000 dispatches of one workgroup each that read 16 bytes (after one untimed), per
-/// dispatch. The benchmark's profile weighs kernel counts with it.
-pub async fn dispatch_overhead(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
-    const DISPATCHES: u32 = 1000;
-    let data = gpu.storage("overhead data", 16)?;
-    let out = gpu.storage("overhead sums", u64::from(WG_SIZE) * 4)?;
-    let mut arena = crate::gpu::UniformArena::new(gpu, "overhead params", 1)?;
-    let slot = arena.slot()?;
-    arena.set(
-        slot,
-        &Params {
-            n_vec4s: 1,
-            n_threads: WG_SIZE,
-            _pad0: 0,
-            _pad1: 0,
-        },
-    )?;
-    arena.upload(gpu);
-    let dispatch = Stream::new(gpu)?.dispatch(gpu, arena.binding(slot), &data, &out, WG_SIZE)?;
     let mut secs = Vec::new();
     for run in 0..=repeat.max(1) {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            for _ in 0..DISPATCHES {
+            for _ in 0..n_dispatches {
                 dispatch.record(&mut pass);
             }
         }
@@ -171,7 +150,7 @@ pub async fn dispatch_overhead(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError
         gpu.queue.submit([encoder.finish()]);
         gpu.finish().await?;
         if run > 0 {
-            secs.push(start.elapsed().as_secs_f64() / f64::from(DISPATCHES));
+            secs.push(start.elapsed().as_secs_f64());
         }
     }
     secs.sort_by(f64::total_cmp);

@@ -499,22 +499,33 @@ async fn mta_matches_cpu(gpu: &Gpu) {
     }
 }
 
+/// The layer of [`layers`] with every part on (both 6x11 convolutions, both mixes, gated norm)
+/// over 4 query heads sharing 2 kv heads of `head_dim`, with random inputs and weights.
+fn full_layer(
+    seed: u64,
+    n_tokens: usize,
+    head_dim: usize,
+) -> (&'static str, MtaLayer, Inputs, MtaWeights) {
+    let mut rng = rng(seed);
+    let shape = CpuShape {
+        n_tokens,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim,
+    };
+    let (name, layer) = layers(4).swap_remove(2);
+    let inputs = Inputs::random(&mut rng, shape);
+    let weights = random_weights(&mut rng, &layer, 4, head_dim);
+    (name, layer, inputs, weights)
+}
+
 gpu_test!(mta_long_document_in_tiles);
 /// A document of 257 tokens (mta.md §11.9) in the session's tiles of 64 query rows, the last
 /// one a single row: each tile's halo crosses the tile edge into the ring, and the keys are
 /// no multiple of the workgroup size.
 async fn mta_long_document_in_tiles(gpu: &Gpu) {
-    let mut rng = rng(86);
     let n_tokens = if BROWSER { 70 } else { 257 };
-    let shape = CpuShape {
-        n_tokens,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
-    let (name, layer) = layers(4).swap_remove(2);
-    let inputs = Inputs::random(&mut rng, shape);
-    let weights = random_weights(&mut rng, &layer, 4, 64);
+    let (name, layer, inputs, weights) = full_layer(86, n_tokens, 64);
     let got = run_gpu(gpu, &layer, &weights, &[&inputs], 64).await;
     let label = format!("{name}, {n_tokens} tokens in tiles of 64");
     assert_close(&label, &got, &inputs.cpu(&layer, &weights), TOL_MTA);
@@ -524,17 +535,8 @@ gpu_test!(mta_decode_equals_prefill);
 /// Token-by-token decode (one row per dispatch, halo rows from the rings) equals single-pass
 /// prefill for every length T = 1..40, including T < c_q and T < (c_k - 1) / 2 (mta.md §11.4).
 async fn mta_decode_equals_prefill(gpu: &Gpu) {
-    let mut rng = rng(83);
     let n_tokens = if BROWSER { 12 } else { 40 };
-    let shape = CpuShape {
-        n_tokens,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-    };
-    let (_, layer) = layers(4).swap_remove(2);
-    let inputs = Inputs::random(&mut rng, shape);
-    let weights = random_weights(&mut rng, &layer, 4, 16);
+    let (_, layer, inputs, weights) = full_layer(83, n_tokens, 16);
     // Causal: the first T rows of a T-token document are those of the longer one, so decoding
     // the 40 tokens once checks every length.
     let decoded = run_gpu(gpu, &layer, &weights, &[&inputs], 1).await;
