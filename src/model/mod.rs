@@ -6,12 +6,14 @@ pub mod forward_cpu;
 pub mod gguf;
 pub mod hf;
 pub mod quant;
+mod record;
 mod session;
 pub mod star;
 mod weights;
 
 pub use config::LlamaConfig;
-pub use session::{Part, Session, SessionOptions, MAX_PENALTY_LAST_N};
+pub use record::Part;
+pub use session::{Session, SessionOptions, MAX_PENALTY_LAST_N};
 pub use star::StarSession;
 pub use weights::{GpuModel, LayerWeights, Weight};
 
