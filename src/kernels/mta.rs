@@ -551,8 +551,8 @@ fn halo_rows(conv: Option<Conv>) -> u32 {
 
 /// One layer's MTA attention on the GPU: its weights, the halo rings of its convolutions, and
 /// its stages bound to those, to the shared [`MtaMaps`] and to the caller's buffers, in order.
-/// [`MtaPass::set_rows`] writes the stages' params for a chunk, [`MtaPass::record`] records
-/// them.
+/// [`MtaPass::set_rows`] writes the stages' params for a chunk, [`MtaPass::dispatches`] are
+/// what to record.
 pub struct MtaPass {
     layer: MtaLayer,
     shape: MtaShape,
@@ -720,12 +720,6 @@ impl MtaPass {
         self.owned.iter().map(|b| b.size()).sum()
     }
 
-    /// Dispatches it records per step (3 to 7: a mix only where the layer has one, a keep
-    /// after each convolution of more than one query row).
-    pub fn n_dispatches(&self) -> usize {
-        self.steps.len()
-    }
-
     /// Bytes of the rows its halo rings keep from one step to the next: `c_q - 1` per
     /// convolution (mta.md §7's row ring).
     pub fn ring_bytes(&self) -> u64 {
@@ -809,13 +803,6 @@ impl MtaPass {
     /// The stages' dispatches for the chunk last given to [`MtaPass::set_rows`], in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.steps.iter().map(|step| &step.dispatch)
-    }
-
-    /// Records the stages of the chunk last given to [`MtaPass::set_rows`].
-    pub fn record(&self, pass: &mut wgpu::ComputePass) {
-        for dispatch in self.dispatches() {
-            dispatch.record(pass);
-        }
     }
 }
 

@@ -238,7 +238,9 @@ async fn run_gpu_stack(
             {
                 let mut compute = encoder.begin_compute_pass(&Default::default());
                 for layer in &layers {
-                    layer.pass.record(&mut compute);
+                    for dispatch in layer.pass.dispatches() {
+                        dispatch.record(&mut compute);
+                    }
                 }
             }
             gpu.queue.submit([encoder.finish()]);
