@@ -1,8 +1,14 @@
-// matmul: out[r, o] = sum_i x[r, i] * W[o, i]; with ACCUMULATE, out[r, o] += that sum (a fused
-// residual add); with SWIGLU, W stacks the gate and up projections ([2 n_out, n_in]) and
-// out[r, o] = silu(gate) * up of the sums of rows o and n_out + o (the FFN's SwiGLU fused into its
-// first projection); with SPLIT, W stacks the q, k and v projections and column o goes to `out` for
-// o < split, else to out_k and out_v (kv = (n_out - split) / 2 columns each): one dispatch for all three.
+// matmul: out[r, o] = sum_i x[first_row + r, i] * W[o, i]; with ACCUMULATE, out[r, o] += that
+// sum (a fused residual add); with SWIGLU, W stacks the gate and up projections ([2 n_out, n_in])
+// and out[r, o] = silu(gate) * up of the sums of rows o and n_out + o (the FFN's SwiGLU fused into
+// its first projection); with SPLIT, W stacks the q, k and v projections: column o goes to `out`
+// for o < split, else to row slots[r] of k_cache or v_cache (kv = (n_out - split) / 2 columns
+// each; a slot at or past `capacity` is not written): q, k, v and the cache write in one dispatch.
+// With NORM, x is RMS-normalised first (the norm before attention, the FFN or the head, fused):
+// out uses gamma[i] * x[r, i] / rms(x[r]). The 1 / rms factor commutes with the sum, so each
+// invocation multiplies x by gamma as it loads it and scales its sums at the end; it computes the
+// row's sum of squares itself (a second pass over x: redundant across invocations, but cheaper
+// than a dispatch and a round trip through memory).
 // W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by common/quant.wgsl and never
 // expanded in memory.
 // No barriers, no workgroup memory: CPU drivers run those 5-10x slower. The invocations of a
@@ -18,8 +24,8 @@
 //     decoded weight serves 4 rows and an x value 8 columns (SWIGLU: the gate and up rows of 4
 //     outputs).
 // n_in is a multiple of 32 for quant formats and of 4 for float ones (checked on the host).
-// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; one of ACCUMULATE, SWIGLU, SPLIT. Overrides:
-// WG_SIZE. Spec: none.
+// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; one of ACCUMULATE, SWIGLU, SPLIT; NORM.
+// Overrides: WG_SIZE. Spec: none (sink-window.md §4 option A for the cache: keys go in raw).
 
 #include "common/quant.wgsl"
 
@@ -31,6 +37,13 @@ struct Params {
     n_out: u32,
     // SPLIT: the columns that go to `out` (q); 0 otherwise.
     split: u32,
+    // The row of x that row 0 of out comes from (the LM head reads a chunk's last row only).
+    first_row: u32,
+    // SPLIT: rows of k_cache and v_cache.
+    capacity: u32,
+    // NORM: RMSNorm's epsilon.
+    eps: f32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -38,19 +51,52 @@ struct Params {
 #if VEC
 // 64 KiB, the smallest max_uniform_buffer_binding_size WebGPU allows.
 const X_VEC4S: u32 = 4096u;
-@group(0) @binding(2) var<uniform> x: array<vec4<f32>, X_VEC4S>; // [n_rows, n_in / 4], n_rows * n_in <= 4 * X_VEC4S
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, X_VEC4S>; // [first_row + n_rows, n_in / 4] <= X_VEC4S
 #else
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;   // [n_rows, n_in / 4]
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;   // [first_row + n_rows, n_in / 4]
 #endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, n_out] (SPLIT: [n_rows, split])
 #if SPLIT
-@group(0) @binding(4) var<storage, read_write> out_k: array<f32>; // [n_rows, kv]
-@group(0) @binding(5) var<storage, read_write> out_v: array<f32>; // [n_rows, kv]
+@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>; // [capacity, kv]
+@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>; // [capacity, kv]
+@group(0) @binding(6) var<storage, read> slots: array<u32>;         // [n_rows]
+#endif
+// NORM's weight comes after every other binding: 4, or 7 after SPLIT's.
+#if NORM
+#if SPLIT
+@group(0) @binding(7) var<storage, read> gamma: array<vec4<f32>>; // [n_in / 4]
+#else
+@group(0) @binding(4) var<storage, read> gamma: array<vec4<f32>>; // [n_in / 4]
+#endif
 #endif
 
 // x[e .. e + 4] for a flat index e (a multiple of 4).
 fn x4_at(e: u32) -> vec4<f32> {
     return x[e >> 2u];
+}
+
+// What multiplies x[r, i .. i + 4] elementwise: RMSNorm's weight with NORM, else 1 (folded away).
+fn gamma4(i: u32) -> vec4<f32> {
+#if NORM
+    return gamma[i >> 2u];
+#else
+    return vec4<f32>(1.0);
+#endif
+}
+
+// What scales the sums of the row of x starting at flat index x_row: 1 / rms(x_row) with NORM,
+// else 1.
+fn row_scale(x_row: u32) -> f32 {
+#if NORM
+    var squares = vec4<f32>();
+    for (var i = 0u; i < params.n_in; i += 4u) {
+        let v = x4_at(x_row + i);
+        squares = fma(v, v, squares);
+    }
+    return inverseSqrt(dot(squares, vec4<f32>(1.0)) / f32(params.n_in) + params.eps);
+#else
+    return 1.0;
+#endif
 }
 
 // Weights i .. i + 4 of a row, one at a time: the float formats' tail after the last chunk.
@@ -65,10 +111,16 @@ fn store(r: u32, o: u32, value: f32) {
         let kv = (params.n_out - q) / 2u;
         if o < q {
             out[r * q + o] = value;
-        } else if o < q + kv {
-            out_k[r * kv + o - q] = value;
         } else {
-            out_v[r * kv + o - q - kv] = value;
+            let slot = slots[r];
+            if slot < params.capacity {
+                let c = o - q;
+                if c < kv {
+                    k_cache[slot * kv + c] = value;
+                } else {
+                    v_cache[slot * kv + c - kv] = value;
+                }
+            }
         }
 #else
         let at = r * params.n_out + o;
@@ -138,7 +190,7 @@ fn main(
     let w2 = w_row(o + 2u * WG_SIZE);
     let w3 = w_row(o + 3u * WG_SIZE);
 #endif
-    let x_row = r * n_in;
+    let x_row = (params.first_row + r) * n_in;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
     var a2 = vec4<f32>();
@@ -150,8 +202,10 @@ fn main(
         let c2 = chunk_at(w2, k);
         let c3 = chunk_at(w3, k);
         for (var g = 0u; g < 4u; g++) {
-            let x_lo = x4_at(x_row + k * CHUNK_ELEMS + lo_offset(g));
-            let x_hi = x4_at(x_row + k * CHUNK_ELEMS + hi_offset(g));
+            let lo = k * CHUNK_ELEMS + lo_offset(g);
+            let hi = k * CHUNK_ELEMS + hi_offset(g);
+            let x_lo = x4_at(x_row + lo) * gamma4(lo);
+            let x_hi = x4_at(x_row + hi) * gamma4(hi);
             a0 = mac(a0, group_at(c0, g), x_lo, x_hi);
             a1 = mac(a1, group_at(c1, g), x_lo, x_hi);
             a2 = mac(a2, group_at(c2, g), x_lo, x_hi);
@@ -160,21 +214,22 @@ fn main(
     }
     // Float formats only (their block is one weight): the weights after the last whole chunk.
     for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i += 4u) {
-        let xi = x4_at(x_row + i);
+        let xi = x4_at(x_row + i) * gamma4(i);
         a0 = fma(weights4_at(w0, i), xi, a0);
         a1 = fma(weights4_at(w1, i), xi, a1);
         a2 = fma(weights4_at(w2, i), xi, a2);
         a3 = fma(weights4_at(w3, i), xi, a3);
     }
-    let ones = vec4<f32>(1.0);
+    // dot(a, scale): the sum of a's partial sums, times the row's scale.
+    let scale = vec4<f32>(row_scale(x_row));
 #if SWIGLU
-    store(r, o, swiglu(dot(a0, ones), dot(a2, ones)));
-    store(r, o + WG_SIZE, swiglu(dot(a1, ones), dot(a3, ones)));
+    store(r, o, swiglu(dot(a0, scale), dot(a2, scale)));
+    store(r, o + WG_SIZE, swiglu(dot(a1, scale), dot(a3, scale)));
 #else
-    store(r, o, dot(a0, ones));
-    store(r, o + WG_SIZE, dot(a1, ones));
-    store(r, o + 2u * WG_SIZE, dot(a2, ones));
-    store(r, o + 3u * WG_SIZE, dot(a3, ones));
+    store(r, o, dot(a0, scale));
+    store(r, o + WG_SIZE, dot(a1, scale));
+    store(r, o + 2u * WG_SIZE, dot(a2, scale));
+    store(r, o + 3u * WG_SIZE, dot(a3, scale));
 #endif
 }
 #else
@@ -185,7 +240,8 @@ fn mac(acc: vec4<f32>, w: Group, x_lo: mat4x4<f32>, x_hi: mat4x4<f32>) -> vec4<f
 }
 
 fn x_rows(x0: u32, x1: u32, x2: u32, x3: u32, i: u32) -> mat4x4<f32> {
-    return mat4x4<f32>(x4_at(x0 + i), x4_at(x1 + i), x4_at(x2 + i), x4_at(x3 + i));
+    let g = gamma4(i);
+    return mat4x4<f32>(x4_at(x0 + i) * g, x4_at(x1 + i) * g, x4_at(x2 + i) * g, x4_at(x3 + i) * g);
 }
 
 #if SWIGLU
@@ -234,10 +290,10 @@ fn main(
     let w7 = w_row(o + 7u * WG_SIZE);
 #endif
     // Rows past n_rows read the last row; `store` drops their results.
-    let x0 = min(r0, n_rows - 1u) * n_in;
-    let x1 = min(r0 + 1u, n_rows - 1u) * n_in;
-    let x2 = min(r0 + 2u, n_rows - 1u) * n_in;
-    let x3 = min(r0 + 3u, n_rows - 1u) * n_in;
+    let x0 = (params.first_row + min(r0, n_rows - 1u)) * n_in;
+    let x1 = (params.first_row + min(r0 + 1u, n_rows - 1u)) * n_in;
+    let x2 = (params.first_row + min(r0 + 2u, n_rows - 1u)) * n_in;
+    let x3 = (params.first_row + min(r0 + 3u, n_rows - 1u)) * n_in;
     // a<c>[j] = out[r0 + j, o + c * WG_SIZE].
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
@@ -282,6 +338,16 @@ fn main(
         a6 += weights4_at(w6, i) * xi;
         a7 += weights4_at(w7, i) * xi;
     }
+    // Component j of each accumulator is row r0 + j.
+    let scale = vec4<f32>(row_scale(x0), row_scale(x1), row_scale(x2), row_scale(x3));
+    a0 *= scale;
+    a1 *= scale;
+    a2 *= scale;
+    a3 *= scale;
+    a4 *= scale;
+    a5 *= scale;
+    a6 *= scale;
+    a7 *= scale;
 #if SWIGLU
     store_rows(r0, o, swiglu4(a0, a4));
     store_rows(r0, o + WG_SIZE, swiglu4(a1, a5));

@@ -2,9 +2,12 @@
 //! on the GPU as the raw bytes of its ggml blocks and decoded inside the shader.
 //!
 //! Two kernels per weight format: `vec` for decoding (one or a few rows) and `tile` for prefill
-//! (each decoded weight reused for 4 rows of x). Both can accumulate into `out`, which is how
-//! residual adds are fused (`x = x + Wo·a`), or apply SwiGLU to (gate, up) row pairs of a
-//! stacked weight, which is how the FFN's activation is fused ([`Epilogue`]). The vec kernel reads x from a uniform buffer
+//! (each decoded weight reused for 4 rows of x). Both can RMS-normalise x first, which is how the
+//! norms before attention, the FFN and the head are fused ([`Prologue`]), and accumulate into
+//! `out`, which is how residual adds are fused (`x = x + Wo·a`), apply SwiGLU to (gate, up) row
+//! pairs of a stacked weight, which is how the FFN's activation is fused, or split a stacked
+//! q/k/v projection into q and the KV cache's rows, which is how the cache write is fused
+//! ([`Epilogue`]). The vec kernel reads x from a uniform buffer
 //! (twice as fast on lavapipe), so its x buffers need `BufferUsages::UNIFORM` and at least
 //! [`VEC_X_BYTES`] bytes. A dispatch checks the buffers it binds against the shape it is given
 //! and returns a [`MatmulError`] naming both, never a panic. The embed kernel reads the same
@@ -190,6 +193,8 @@ pub enum MatmulError {
         n_out: u32,
         split: u32,
     },
+    #[error("kernel `{variant}`: {reason}")]
+    Norm { variant: String, reason: String },
     #[error(transparent)]
     Gpu(#[from] GpuError),
 }
@@ -273,13 +278,20 @@ pub fn upload_weight(
 
 /// Twin of the WGSL `Params`; also the shape a dispatch is checked against.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct Params {
     pub n_rows: u32,
     pub n_in: u32,
     pub n_out: u32,
-    /// [`Epilogue::Split`]: the columns that go to the first output; 0 otherwise.
+    /// [`Epilogue::Split`]: the columns that go to q; 0 otherwise.
     pub split: u32,
+    /// The row of x that row 0 of out comes from: the LM head reads a chunk's last row only.
+    pub first_row: u32,
+    /// [`Epilogue::Split`]: the rows of the k and v caches; 0 otherwise.
+    pub capacity: u32,
+    /// [`Prologue::RmsNorm`]: the norm's epsilon.
+    pub eps: f32,
+    pub _pad0: u32,
 }
 
 impl Params {
@@ -289,16 +301,31 @@ impl Params {
             n_in,
             n_out,
             split: 0,
+            first_row: 0,
+            capacity: 0,
+            eps: 0.0,
+            _pad0: 0,
         }
     }
 
     /// The shape of a stacked q/k/v projection: `q_dim` columns of q, then k and v of
-    /// `kv_dim` each.
-    pub fn split_qkv(n_rows: u32, n_in: u32, q_dim: u32, kv_dim: u32) -> Params {
+    /// `kv_dim` each, into caches of `capacity` rows.
+    pub fn split_qkv(n_rows: u32, n_in: u32, q_dim: u32, kv_dim: u32, capacity: u32) -> Params {
         Params {
             split: q_dim,
+            capacity,
             ..Params::new(n_rows, n_in, q_dim + 2 * kv_dim)
         }
+    }
+
+    /// With [`Prologue::RmsNorm`]'s epsilon.
+    pub fn with_eps(self, eps: f32) -> Params {
+        Params { eps, ..self }
+    }
+
+    /// Reading x from row `first_row` on.
+    pub fn from_row(self, first_row: u32) -> Params {
+        Params { first_row, ..self }
     }
 }
 
@@ -311,6 +338,14 @@ pub enum MatmulKind {
 
 impl MatmulKind {
     pub const ALL: [MatmulKind; 2] = [MatmulKind::Vec, MatmulKind::Tile];
+
+    /// The form for x of `n_rows` rows: the matvec for one (decode), the tiled one for more.
+    pub fn for_rows(n_rows: u32) -> MatmulKind {
+        match n_rows {
+            1 => MatmulKind::Vec,
+            _ => MatmulKind::Tile,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -342,6 +377,28 @@ const TILE_WG_SIZE: u32 = 16;
 /// from a uniform buffer as from a storage buffer.
 pub const VEC_X_BYTES: u64 = 65536;
 
+/// What a matmul does to x before multiplying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prologue {
+    /// x as it is.
+    Raw,
+    /// Each row of x RMS-normalised with the weight `gamma [n_in]`:
+    /// `gamma[i] * x[i] / sqrt(mean_j x[j]^2 + eps)` (the norm before attention, the FFN or the
+    /// head, fused). Every invocation computes its rows' norms itself.
+    RmsNorm,
+}
+
+impl Prologue {
+    pub const ALL: [Prologue; 2] = [Prologue::Raw, Prologue::RmsNorm];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Prologue::Raw => "",
+            Prologue::RmsNorm => "_norm",
+        }
+    }
+}
+
 /// What a matmul does with its sums `y = W·x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Epilogue {
@@ -352,8 +409,9 @@ pub enum Epilogue {
     /// `W` stacks a gate and an up projection (`[2 n_out, n_in]`, gate rows first) and
     /// `out[r, o] = silu(y[r, o]) * y[r, n_out + o]`: the FFN's SwiGLU, fused.
     Swiglu,
-    /// `W` stacks the q, k and v projections: columns `0..split` of `y` go to the first output,
-    /// the two halves of the rest to the second and the third (one dispatch for all three).
+    /// `W` stacks the q, k and v projections: columns `0..split` of `y` go to q, the two halves
+    /// of the rest to rows `slots[r]` of the k and v caches (a slot at or past the capacity is
+    /// not written): the projections and the cache write in one dispatch.
     Split,
 }
 
@@ -392,11 +450,12 @@ impl Epilogue {
     }
 }
 
-/// One pipeline variant: `matmul_<format>_<kind>[_acc|_swiglu]`.
+/// One pipeline variant: `matmul_<format>_<kind>[_norm][_acc|_swiglu|_split]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub format: WeightFormat,
     pub kind: MatmulKind,
+    pub prologue: Prologue,
     pub epilogue: Epilogue,
 }
 
@@ -405,12 +464,15 @@ impl Variant {
         let mut all = Vec::new();
         for format in WeightFormat::ALL {
             for kind in MatmulKind::ALL {
-                for epilogue in Epilogue::ALL {
-                    all.push(Variant {
-                        format,
-                        kind,
-                        epilogue,
-                    });
+                for prologue in Prologue::ALL {
+                    for epilogue in Epilogue::ALL {
+                        all.push(Variant {
+                            format,
+                            kind,
+                            prologue,
+                            epilogue,
+                        });
+                    }
                 }
             }
         }
@@ -419,9 +481,10 @@ impl Variant {
 
     pub fn name(&self) -> String {
         format!(
-            "matmul_{}_{}{}",
+            "matmul_{}_{}{}{}",
             self.format.name(),
             self.kind.name(),
+            self.prologue.suffix(),
             self.epilogue.suffix()
         )
     }
@@ -432,6 +495,9 @@ impl Variant {
             defines.push("VEC");
         }
         defines.extend(self.epilogue.define());
+        if self.prologue == Prologue::RmsNorm {
+            defines.push("NORM");
+        }
         let (wg_size, _, _) = self.kind.block();
         Ok(PipelineSpec {
             label: self.name(),
@@ -448,17 +514,39 @@ impl Variant {
             ]
             .into_iter()
             .chain(std::iter::repeat_n(Binding::ReadWrite, self.n_outputs()))
+            // Split's slots, then the norm's weight.
+            .chain((self.epilogue == Epilogue::Split).then_some(Binding::Read))
+            .chain((self.prologue == Prologue::RmsNorm).then_some(Binding::Read))
             .collect(),
         })
     }
 
-    /// Output buffers it binds: q, k and v for [`Epilogue::Split`], else one.
+    /// Output buffers it binds: q and the k and v caches for [`Epilogue::Split`], else one.
     fn n_outputs(&self) -> usize {
         match self.epilogue {
             Epilogue::Split => 3,
             _ => 1,
         }
     }
+}
+
+/// What a matmul reads: the weight (from [`upload_weight`]), x, and the norm's weight
+/// `gamma [n_in]` (f32) for [`Prologue::RmsNorm`].
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub weight: &'a wgpu::Buffer,
+    pub x: &'a wgpu::Buffer,
+    pub gamma: Option<&'a wgpu::Buffer>,
+}
+
+/// Where [`Epilogue::Split`] writes: `q [n_rows, split]`, and the caches
+/// `[capacity, (n_out - split) / 2]` at rows `slots [n_rows]` (u32).
+#[derive(Clone, Copy)]
+pub struct CacheOutputs<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub slots: &'a wgpu::Buffer,
 }
 
 pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
@@ -476,11 +564,13 @@ impl Matmul {
         gpu: &Gpu,
         format: WeightFormat,
         kind: MatmulKind,
+        prologue: Prologue,
         epilogue: Epilogue,
     ) -> Result<Matmul, GpuError> {
         let variant = Variant {
             format,
             kind,
+            prologue,
             epilogue,
         };
         Ok(Matmul {
@@ -493,52 +583,46 @@ impl Matmul {
         self.variant
     }
 
-    /// Binds `weight [n_out, n_in]` (from [`upload_weight`]; `[2 n_out, n_in]` for
-    /// [`Epilogue::Swiglu`]), `x [n_rows, n_in]` and `out [n_rows, n_out]` (f32), after
-    /// checking them against `shape`: the weight must be exactly that matrix, x and out must
-    /// hold `shape.n_rows` rows. `params` must hold `shape`, or the same with fewer rows
-    /// recorded with [`Matmul::grid`].
+    /// Binds `inputs` (the weight `[n_out, n_in]`, `[2 n_out, n_in]` for [`Epilogue::Swiglu`];
+    /// x `[first_row + n_rows, n_in]`) and `out [n_rows, n_out]` (f32), after checking them
+    /// against `shape`: the weight must be exactly that matrix, x and out must hold its rows,
+    /// gamma is given exactly when the variant normalises. `params` must hold `shape`, or the
+    /// same with fewer rows recorded with [`Matmul::grid`].
     pub fn dispatch(
         &self,
         gpu: &Gpu,
         params: wgpu::BindingResource,
-        weight: &wgpu::Buffer,
-        x: &wgpu::Buffer,
+        inputs: Inputs,
         out: &wgpu::Buffer,
         shape: Params,
     ) -> Result<Dispatch, MatmulError> {
-        self.bind(gpu, params, weight, x, &[("out", out)], shape)
+        self.bind(gpu, params, inputs, &[("out", out)], None, shape)
     }
 
-    /// [`Matmul::dispatch`] for [`Epilogue::Split`]: `q [n_rows, split]`, `k` and `v`
-    /// `[n_rows, (n_out - split) / 2]`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Matmul::dispatch`] for [`Epilogue::Split`]: q and the cache rows of `outputs`.
     pub fn dispatch_split(
         &self,
         gpu: &Gpu,
         params: wgpu::BindingResource,
-        weight: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        [q, k, v]: [&wgpu::Buffer; 3],
+        inputs: Inputs,
+        outputs: CacheOutputs,
         shape: Params,
     ) -> Result<Dispatch, MatmulError> {
-        self.bind(
-            gpu,
-            params,
-            weight,
-            x,
-            &[("q", q), ("k", k), ("v", v)],
-            shape,
-        )
+        let outs = [
+            ("q", outputs.q),
+            ("k_cache", outputs.k_cache),
+            ("v_cache", outputs.v_cache),
+        ];
+        self.bind(gpu, params, inputs, &outs, Some(outputs.slots), shape)
     }
 
     fn bind(
         &self,
         gpu: &Gpu,
         params: wgpu::BindingResource,
-        weight: &wgpu::Buffer,
-        x: &wgpu::Buffer,
+        inputs: Inputs,
         outs: &[(&'static str, &wgpu::Buffer)],
+        slots: Option<&wgpu::Buffer>,
         shape: Params,
     ) -> Result<Dispatch, MatmulError> {
         let variant = self.variant.name();
@@ -549,10 +633,12 @@ impl Matmul {
                 got: outs.len(),
             });
         }
+        let Inputs { weight, x, gamma } = inputs;
         let Params {
             n_rows,
             n_in,
             n_out,
+            first_row,
             ..
         } = shape;
         let format = self.variant.format;
@@ -580,7 +666,7 @@ impl Matmul {
             bytes,
             needed,
         };
-        let x_bytes = rows * u64::from(n_in) * 4;
+        let x_bytes = (u64::from(first_row) + rows) * u64::from(n_in) * 4;
         let x_binding = match self.variant.kind {
             MatmulKind::Tile => {
                 if x.size() < x_bytes {
@@ -592,7 +678,7 @@ impl Matmul {
                 if x_bytes > VEC_X_BYTES {
                     return Err(MatmulError::TooManyRows {
                         variant,
-                        n_rows,
+                        n_rows: first_row + n_rows,
                         n_in,
                         capacity: VEC_X_BYTES / 4,
                     });
@@ -610,8 +696,31 @@ impl Matmul {
                 })
             }
         };
+        let gamma = match (self.variant.prologue, gamma) {
+            (Prologue::RmsNorm, Some(gamma)) => {
+                let needed = u64::from(n_in) * 4;
+                if gamma.size() < needed {
+                    return Err(too_small("gamma", gamma.size(), needed));
+                }
+                Some(gamma)
+            }
+            (Prologue::RmsNorm, None) => {
+                return Err(MatmulError::Norm {
+                    variant,
+                    reason: "normalises x: give the norm's weight (gamma)".into(),
+                })
+            }
+            (Prologue::Raw, Some(_)) => {
+                return Err(MatmulError::Norm {
+                    variant,
+                    reason: "does not normalise x: a norm's weight was given".into(),
+                })
+            }
+            (Prologue::Raw, None) => None,
+        };
         let split = shape.split;
-        let columns = match self.variant.epilogue {
+        // The bytes each output must hold.
+        let needs: Vec<u64> = match self.variant.epilogue {
             Epilogue::Split => {
                 if split == 0 || split >= n_out || !(n_out - split).is_multiple_of(2) {
                     return Err(MatmulError::Split {
@@ -620,19 +729,26 @@ impl Matmul {
                         split,
                     });
                 }
-                let kv = (n_out - split) / 2;
-                vec![split, kv, kv]
+                let kv = u64::from((n_out - split) / 2);
+                let cache = u64::from(shape.capacity) * kv * 4;
+                vec![rows * u64::from(split) * 4, cache, cache]
             }
-            _ => vec![n_out],
+            _ => vec![rows * u64::from(n_out) * 4],
         };
-        for (&(what, out), cols) in outs.iter().zip(columns) {
-            let out_bytes = rows * u64::from(cols) * 4;
-            if out.size() < out_bytes {
-                return Err(too_small(what, out.size(), out_bytes));
+        for (&(what, out), needed) in outs.iter().zip(needs) {
+            if out.size() < needed {
+                return Err(too_small(what, out.size(), needed));
+            }
+        }
+        if let Some(slots) = slots {
+            if slots.size() < rows * 4 {
+                return Err(too_small("slots", slots.size(), rows * 4));
             }
         }
         let mut bindings = vec![params, weight.as_entire_binding(), x_binding];
         bindings.extend(outs.iter().map(|(_, out)| out.as_entire_binding()));
+        bindings.extend(slots.map(|slots| slots.as_entire_binding()));
+        bindings.extend(gamma.map(|gamma| gamma.as_entire_binding()));
         Ok(Dispatch {
             kernel: self.kernel.clone(),
             bind_group: self.kernel.bind(gpu, &bindings)?,
@@ -661,7 +777,12 @@ impl Matmul {
 
 /// CPU reference: decodes the same blocks with `model::quant` and multiplies in plain loops.
 /// `weight` is `[n_out, n_in]` in `format` (`[2 n_out, n_in]` for [`Epilogue::Swiglu`]), `x`
-/// is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`.
+/// is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`; `norm` is [`Prologue::RmsNorm`]'s
+/// `(gamma [n_in], eps)`, applied to x first as a separate step (the Llama RMSNorm).
+/// [`Epilogue::Split`] is a layout: the reference keeps q, k and v in one row.
+// Eight arguments: the shape is spelled out so that the reference shares no code with the
+// dispatch it checks.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_cpu(
     format: WeightFormat,
     weight: &[u8],
@@ -669,6 +790,7 @@ pub fn matmul_cpu(
     n_out: usize,
     x: &[f32],
     out: &mut [f32],
+    norm: Option<(&[f32], f32)>,
     epilogue: Epilogue,
 ) -> Result<(), MatmulError> {
     let n_w = n_out * epilogue.weight_rows_per_output() as usize;
@@ -687,6 +809,11 @@ pub fn matmul_cpu(
     if out.len() != n_rows * n_out {
         return Err(too_small("out", out.len(), n_rows * n_out));
     }
+    if let Some((gamma, _)) = norm {
+        if gamma.len() != n_in {
+            return Err(too_small("gamma", gamma.len(), n_in));
+        }
+    }
     let mut w = vec![0.0f32; n_w * n_in]; // [n_w, n_in]
     dequantize(format.ggml_type(), weight, &mut w).map_err(|_| MatmulError::WeightBytes {
         what: "matmul_cpu weight".into(),
@@ -704,9 +831,22 @@ pub fn matmul_cpu(
         x_row.iter().zip(w_row).map(|(xi, wi)| xi * wi).sum()
     };
     for (x_row, out_row) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+        let normed: Vec<f32>;
+        let x_row = match norm {
+            Some((gamma, eps)) => {
+                let mean_square = x_row.iter().map(|v| v * v).sum::<f32>() / n_in as f32;
+                let scale = 1.0 / (mean_square + eps).sqrt();
+                normed = x_row
+                    .iter()
+                    .zip(gamma)
+                    .map(|(v, g)| g * (v * scale))
+                    .collect();
+                &normed
+            }
+            None => x_row,
+        };
         for (o, out) in out_row.iter_mut().enumerate() {
             *out = match epilogue {
-                // The kernel's split is a layout: the reference keeps the columns in one row.
                 Epilogue::Store | Epilogue::Split => dot(x_row, o),
                 Epilogue::Accumulate => *out + dot(x_row, o),
                 Epilogue::Swiglu => {

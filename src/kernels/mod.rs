@@ -8,10 +8,8 @@ use crate::gpu::{GpuError, PipelineSpec};
 pub mod attention;
 pub mod attention_merge;
 pub mod embed;
-pub mod kv_write;
 pub mod matmul;
 pub mod mta;
-pub mod rms_norm;
 pub mod sample;
 pub mod stream;
 
@@ -29,10 +27,8 @@ pub const SHADERS: &[(&str, &str)] = shader_table![
     "common/quant.wgsl",
     "common/rope.wgsl",
     "embed.wgsl",
-    "kv_write.wgsl",
     "matmul.wgsl",
     "mta.wgsl",
-    "rms_norm.wgsl",
     "sample.wgsl",
     "stream.wgsl",
 ];
@@ -48,10 +44,8 @@ pub fn all_variants() -> Vec<Result<PipelineSpec, GpuError>> {
         attention::variants(),
         attention_merge::variants(),
         embed::variants(),
-        kv_write::variants(),
         matmul::variants(),
         mta::variants(),
-        rms_norm::variants(),
         sample::variants(),
         stream::variants(),
     ]

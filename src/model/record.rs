@@ -13,30 +13,26 @@ use super::session::MatmulDispatch;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Embed,
-    /// The RMS norms before attention, before the FFN and before the head.
-    Norm,
+    /// The attention norm, the q, k and v projections and the cache write (one matmul).
     Qkv,
-    KvWrite,
     /// Attention over the cache (Multi-Token Attention's stages in an MTA layer), and Star's
     /// merge of partial attentions.
     Attention,
     /// The output projection with its residual add.
     Output,
-    /// The FFN's gate and up projections with SwiGLU.
+    /// The FFN norm, the gate and up projections and SwiGLU (one matmul).
     GateUp,
     /// The FFN's down projection with its residual add.
     Down,
-    /// The LM head.
+    /// The final norm and the LM head (one matmul).
     Head,
     Sample,
 }
 
 impl Part {
-    pub const ALL: [Part; 10] = [
+    pub const ALL: [Part; 8] = [
         Part::Embed,
-        Part::Norm,
         Part::Qkv,
-        Part::KvWrite,
         Part::Attention,
         Part::Output,
         Part::GateUp,
@@ -48,14 +44,12 @@ impl Part {
     pub fn name(self) -> &'static str {
         match self {
             Part::Embed => "embed",
-            Part::Norm => "rms norms",
-            Part::Qkv => "q, k, v projections",
-            Part::KvWrite => "kv cache write",
+            Part::Qkv => "norm + q, k, v projections + cache write",
             Part::Attention => "attention",
             Part::Output => "output projection + residual",
-            Part::GateUp => "gate/up projection + SwiGLU",
+            Part::GateUp => "norm + gate/up projection + SwiGLU",
             Part::Down => "down projection + residual",
-            Part::Head => "LM head",
+            Part::Head => "norm + LM head",
             Part::Sample => "sampler",
         }
     }
@@ -93,9 +87,21 @@ impl<'a, 'p> Recorder<'a, 'p> {
         m: &MatmulDispatch,
         n_rows: u32,
     ) -> Result<()> {
-        let (dispatch, kind) = match n_rows {
-            1 => (&m.vec, MatmulKind::Vec),
-            _ => (&m.tile, MatmulKind::Tile),
+        self.matmul_as(gpu, part, m, MatmulKind::for_rows(n_rows), n_rows)
+    }
+
+    /// The `kind` form of `m` for `n_rows` output rows.
+    pub(super) fn matmul_as(
+        &mut self,
+        gpu: &Gpu,
+        part: Part,
+        m: &MatmulDispatch,
+        kind: MatmulKind,
+        n_rows: u32,
+    ) -> Result<()> {
+        let dispatch = match kind {
+            MatmulKind::Vec => &m.vec,
+            MatmulKind::Tile => &m.tile,
         };
         let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.n_out)?;
         self.record(part, dispatch, grid);

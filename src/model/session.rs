@@ -20,10 +20,8 @@ use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
 use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
-use crate::kernels::kv_write::{self, KvWrite};
-use crate::kernels::matmul::{self, Epilogue, Matmul, MatmulKind};
+use crate::kernels::matmul::{self, CacheOutputs, Epilogue, Inputs, Matmul, MatmulKind, Prologue};
 use crate::kernels::mta::{Mta, MtaBuffers, MtaMaps, MtaPass, MtaShape};
-use crate::kernels::rms_norm::{self, RmsNorm};
 use crate::kernels::sample::{self, HistoryRing, Sample, SamplingParams};
 use crate::Result;
 
@@ -59,19 +57,15 @@ impl Default for SessionOptions {
 /// Activations and bookkeeping buffers, f32 unless noted.
 struct Buffers {
     tokens: TrackedBuffer, // [max_chunk] u32: token ids in; the sampled token lands in [0]
-    x: TrackedBuffer,      // [max_chunk, dim] residual stream
-    h: TrackedBuffer,      // [max_chunk, dim] normed input of a matmul
+    x: TrackedBuffer,      // [max_chunk, dim] residual stream (the normalising matmuls' input)
     q: TrackedBuffer,      // [max_chunk, n_heads * head_dim]
-    k: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
-    v: TrackedBuffer,      // [max_chunk, n_kv_heads * head_dim]
     att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
     lse: TrackedBuffer,    // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
     act: TrackedBuffer,    // [max_chunk, hidden_dim]
-    h_last: TrackedBuffer, // [max_chunk, dim] normed rows the LM head reads
     logits: TrackedBuffer, // [max_chunk, vocab_size]
     work: TrackedBuffer,   // sampler scratch
     history: TrackedBuffer, // [MAX_PENALTY_LAST_N] u32 ring
-    slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token
+    slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token (u32::MAX: not stored)
     slot_token: TrackedBuffer, // [n_slots] u32: token held by each slot
     rope: TrackedBuffer,   // [policy span, head_dim / 2, 2] cos, sin
     readback: TrackedBuffer, // [1] u32, MAP_READ
@@ -82,14 +76,11 @@ struct Buffers {
 /// One arena slot per kind of op: all layers share their params.
 struct Params {
     embed: ParamSlot,
-    norm: ParamSlot,
     qkv: ParamSlot,
-    kv_write: ParamSlot,
     attention: ParamSlot,
     o: ParamSlot,
     gate_up: ParamSlot,
     down: ParamSlot,
-    final_norm: ParamSlot,
     head: ParamSlot,
     sample: ParamSlot,
     merge: ParamSlot,
@@ -114,6 +105,14 @@ pub(super) struct MatmulDispatch {
     pub(super) n_out: u32,
 }
 
+/// Where a matmul of the forward pass writes: one buffer, or q and the KV cache
+/// ([`Epilogue::Split`]).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Out(&'a wgpu::Buffer),
+    Cache(CacheOutputs<'a>),
+}
+
 /// The decode (row) and prefill (tiled) forms of one attention.
 struct AttentionDispatch {
     row: Dispatch,
@@ -123,13 +122,11 @@ struct AttentionDispatch {
 }
 
 struct LayerDispatches {
-    attn_norm: Dispatch,
-    /// q, k and v in one matmul.
+    /// The attention norm, q, k and v, and the cache write in one matmul.
     qkv: MatmulDispatch,
-    kv_write: Dispatch,
     attention: AttentionDispatch,
     o: MatmulDispatch,
-    ffn_norm: Dispatch,
+    /// The FFN norm, gate and up, and SwiGLU in one matmul.
     gate_up: MatmulDispatch,
     down: MatmulDispatch,
     /// Multi-Token Attention in place of `attention`, with its row rings.
@@ -162,7 +159,7 @@ pub struct Session {
     params: Params,
     embed: Dispatch,
     layers: Vec<LayerDispatches>,
-    final_norm: Dispatch,
+    /// The final norm and the LM head.
     head: MatmulDispatch,
     sample: Dispatch,
     /// Sampled but not yet fed; it sits in `tokens[0]` on the GPU.
@@ -187,8 +184,8 @@ pub struct Session {
     /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
     /// [`StarSession`](super::star::StarSession).
     exchange: Option<Exchange>,
-    /// Rows of the exchange step under way, and whether they are stored here.
-    exchange_rows: Option<(u32, bool)>,
+    /// Rows of the exchange step under way.
+    exchange_rows: Option<u32>,
     /// Star Attention's phase-1 mask `(block, anchor)` while [`Session::feed_star`] runs.
     star_mask: Option<(u32, u32)>,
     /// The attention maps every Multi-Token Attention layer's stages share.
@@ -261,15 +258,11 @@ impl Session {
         let rope = rope_table(f64::from(c.rope_base), c.head_dim, rope_rows);
         let buffers = Buffers {
             tokens: storage("tokens", bytes_f32(chunk))?,
-            x: storage("x", bytes_f32(chunk * c.dim))?,
-            h: matmul_input("h", bytes_f32(chunk * c.dim))?,
+            x: matmul_input("x", bytes_f32(chunk * c.dim))?,
             q: storage("q", bytes_f32(chunk * c.q_dim()))?,
-            k: storage("k", bytes_f32(chunk * c.kv_dim()))?,
-            v: storage("v", bytes_f32(chunk * c.kv_dim()))?,
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
             lse: storage("lse", bytes_f32(chunk * c.n_heads))?,
             act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
-            h_last: matmul_input("h_last", bytes_f32(chunk * c.dim))?,
             logits: storage("logits", bytes_f32(chunk * c.vocab_size))?,
             work: storage("sample work", sample::work_bytes(c.vocab_size as u32))?,
             history: storage("history", bytes_f32(MAX_PENALTY_LAST_N as usize))?,
@@ -284,29 +277,24 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        // 12 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
+        // 9 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
         // softmax, output, and a mix and a keep per convolution).
         let n_mta = model.layers.iter().filter(|l| l.mta.is_some()).count() as u32;
-        let mut arena = UniformArena::new(&gpu, "session params", 12 + 7 * n_mta)?;
+        let mut arena = UniformArena::new(&gpu, "session params", 9 + 7 * n_mta)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
-            norm: slot()?,
             qkv: slot()?,
-            kv_write: slot()?,
             attention: slot()?,
             o: slot()?,
             gate_up: slot()?,
             down: slot()?,
-            final_norm: slot()?,
             head: slot()?,
             sample: slot()?,
             merge: slot()?,
         };
         let b = &buffers;
         let chunk32 = chunk as u32;
-        let rms = RmsNorm::new(&gpu)?;
-        let kv_kernel = KvWrite::new(&gpu)?;
         let (head_dim, n_heads, n_kv_heads) =
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
         let attention_row = Attention::row(&gpu, head_dim)?;
@@ -344,38 +332,39 @@ impl Session {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        // `n_rows` is the most rows the tiled form will be given; decode uses one.
-        // `outs`: one buffer, or q, k and v for Epilogue::Split.
+        // `n_rows` is the most rows the tiled form will be given; decode uses one. `gamma`:
+        // the norm before it, if any.
         let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
                       x: &wgpu::Buffer,
-                      outs: &[&wgpu::Buffer],
+                      gamma: Option<&wgpu::Buffer>,
+                      out: Target,
                       n_rows: u32,
                       epilogue: Epilogue|
          -> Result<MatmulDispatch> {
             let n_out = weight.n_out / epilogue.weight_rows_per_output();
+            let prologue = match gamma {
+                Some(_) => Prologue::RmsNorm,
+                None => Prologue::Raw,
+            };
             let make = |kind| -> Result<Dispatch> {
-                let kernel = Matmul::new(&gpu, weight.format, kind, epilogue)?;
+                let kernel = Matmul::new(&gpu, weight.format, kind, prologue, epilogue)?;
                 let rows = if kind == MatmulKind::Vec { 1 } else { n_rows };
                 let binding = arena.binding(slot);
-                Ok(match outs {
-                    &[q, k, v] => kernel.dispatch_split(
-                        &gpu,
-                        binding,
-                        &weight.buffer,
-                        x,
-                        [q, k, v],
-                        matmul::Params::split_qkv(rows, weight.n_in, q_dim, kv_dim),
-                    )?,
-                    _ => kernel.dispatch(
-                        &gpu,
-                        binding,
-                        &weight.buffer,
-                        x,
-                        outs[0],
-                        matmul::Params::new(rows, weight.n_in, n_out),
-                    )?,
+                let inputs = Inputs {
+                    weight: &weight.buffer,
+                    x,
+                    gamma,
+                };
+                let shape = matmul::Params::new(rows, weight.n_in, n_out).with_eps(c.rms_eps);
+                Ok(match out {
+                    Target::Cache(outputs) => {
+                        let shape =
+                            matmul::Params::split_qkv(rows, weight.n_in, q_dim, kv_dim, cap as u32);
+                        kernel.dispatch_split(&gpu, binding, inputs, outputs, shape)?
+                    }
+                    Target::Out(out) => kernel.dispatch(&gpu, binding, inputs, out, shape)?,
                 })
             };
             Ok(MatmulDispatch {
@@ -403,12 +392,6 @@ impl Session {
             anchor: 0,
             _pad0: 0,
         };
-        let kv_bound = kv_write::Params {
-            n_rows: chunk32,
-            row_elems: c.kv_dim() as u32,
-            capacity: cap as u32,
-            _pad0: 0,
-        };
         let layers = model
             .layers
             .iter()
@@ -417,33 +400,19 @@ impl Session {
             .map(|(l, (w, mta))| {
                 Ok(LayerDispatches {
                     mta,
-                    attn_norm: rms.dispatch(
-                        &gpu,
-                        arena.binding(p.norm),
-                        &b.x,
-                        &w.attn_norm,
-                        &b.h,
-                        chunk32,
-                    )?,
                     qkv: matmul(
                         p.qkv,
                         &w.w_qkv,
-                        &b.h,
-                        &[&b.q, &b.k, &b.v],
-                        chunk32,
-                        Epilogue::Split,
-                    )?,
-                    kv_write: kv_kernel.dispatch(
-                        &gpu,
-                        arena.binding(p.kv_write),
-                        &kv_bound,
-                        &kv_write::Buffers {
-                            slots: &b.slots,
-                            k_new: &b.k,
-                            v_new: &b.v,
+                        &b.x,
+                        Some(&w.attn_norm),
+                        Target::Cache(CacheOutputs {
+                            q: &b.q,
                             k_cache: &b.k_cache[l],
                             v_cache: &b.v_cache[l],
-                        },
+                            slots: &b.slots,
+                        }),
+                        chunk32,
+                        Epilogue::Split,
                     )?,
                     attention: {
                         let buffers = attention::Buffers {
@@ -470,20 +439,21 @@ impl Session {
                             tile_variant: attention_tile.variant(),
                         }
                     },
-                    o: matmul(p.o, &w.wo, &b.att, &[&b.x], chunk32, Epilogue::Accumulate)?,
-                    ffn_norm: rms.dispatch(
-                        &gpu,
-                        arena.binding(p.norm),
-                        &b.x,
-                        &w.ffn_norm,
-                        &b.h,
+                    o: matmul(
+                        p.o,
+                        &w.wo,
+                        &b.att,
+                        None,
+                        Target::Out(&b.x),
                         chunk32,
+                        Epilogue::Accumulate,
                     )?,
                     gate_up: matmul(
                         p.gate_up,
                         &w.w_gate_up,
-                        &b.h,
-                        &[&b.act],
+                        &b.x,
+                        Some(&w.ffn_norm),
+                        Target::Out(&b.act),
                         chunk32,
                         Epilogue::Swiglu,
                     )?,
@@ -491,7 +461,8 @@ impl Session {
                         p.down,
                         &w.w_down,
                         &b.act,
-                        &[&b.x],
+                        None,
+                        Target::Out(&b.x),
                         chunk32,
                         Epilogue::Accumulate,
                     )?,
@@ -506,19 +477,12 @@ impl Session {
             &b.x,
             embed::Params::new(chunk32, c.dim as u32),
         )?;
-        let final_norm = rms.dispatch(
-            &gpu,
-            arena.binding(p.final_norm),
-            &b.x,
-            &model.output_norm,
-            &b.h_last,
-            chunk32,
-        )?;
         let head = matmul(
             p.head,
             model.head(),
-            &b.h_last,
-            &[&b.logits],
+            &b.x,
+            Some(&model.output_norm),
+            Target::Out(&b.logits),
             chunk32,
             Epilogue::Store,
         )?;
@@ -538,7 +502,6 @@ impl Session {
             params,
             embed,
             layers,
-            final_norm,
             head,
             sample,
             pending: None,
@@ -830,17 +793,17 @@ impl Session {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let mut recorder = Recorder::new(&mut pass, None);
             self.record_embed(&mut recorder, rows)?;
-            self.record_attention_half(&mut recorder, 0, rows, store)?;
+            self.record_attention_half(&mut recorder, 0, rows)?;
         }
         self.submit(encoder, &Head::None);
-        self.exchange_rows = Some((rows, store));
+        self.exchange_rows = Some(rows);
         Ok(())
     }
 
     /// This shard's partial attention of the exchange step's rows at the current layer, and
     /// its LSEs: `([rows, n_heads, head_dim], [rows, n_heads])`.
     pub(crate) async fn exchange_partial(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (rows, _) = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
+        let rows = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
         let c = &self.model.config;
         let gpu = self.model.gpu();
         let n_vecs = rows as u64 * c.n_heads as u64;
@@ -875,7 +838,7 @@ impl Session {
         parts_lse: &[f32],
         sampling: Option<&SamplingParams>,
     ) -> Result<()> {
-        let (rows, store) = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
+        let rows = self.exchange_rows.ok_or(ModelError::NothingToDecode)?;
         let model = self.model.clone();
         let gpu = model.gpu();
         let exchange = self.exchange.as_ref().expect("exchange_begin checked it");
@@ -903,7 +866,7 @@ impl Session {
             if last {
                 self.record_head(&mut recorder, &head, rows)?;
             } else {
-                self.record_attention_half(&mut recorder, layer + 1, rows, store)?;
+                self.record_attention_half(&mut recorder, layer + 1, rows)?;
             }
         }
         self.submit(encoder, &head);
@@ -1133,7 +1096,7 @@ impl Session {
                 _ => self.layers.len(),
             };
             for layer in 0..n_layers {
-                self.record_attention_half(&mut recorder, layer, rows, true)?;
+                self.record_attention_half(&mut recorder, layer, rows)?;
                 self.record_ffn_half(&mut recorder, layer, rows)?;
             }
             self.record_head(&mut recorder, head, rows)?;
@@ -1200,6 +1163,9 @@ impl Session {
                     }
                     .into());
                 }
+                // Not stored: the q/k/v matmul skips cache rows past the capacity.
+                let not_stored = vec![u32::MAX; n_rows];
+                queue.write_buffer(&self.buffers.slots, 0, bytemuck::cast_slice(&not_stored));
                 first_token as u32
             }
             None => {
@@ -1225,31 +1191,11 @@ impl Session {
         let p = &self.params;
         let arena = &mut self.arena;
         arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
-        let norm = rms_norm::Params {
-            n_rows: rows,
-            dim: c.dim as u32,
-            eps: c.rms_eps,
-            first_row: 0,
-        };
-        arena.set(p.norm, &norm)?;
-        // The LM head reads the last row only, or every row for `AllLogits`.
-        let head_rows = if matches!(head, Head::AllLogits) {
-            rows
-        } else {
-            1
-        };
-        arena.set(
-            p.final_norm,
-            &rms_norm::Params {
-                n_rows: head_rows,
-                first_row: rows - head_rows,
-                ..norm
-            },
-        )?;
         let l0 = &model.layers[0];
         let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
-        let n_in = c.dim as u32;
-        arena.set(p.qkv, &matmul::Params::split_qkv(rows, n_in, q_dim, kv_dim))?;
+        let (n_in, capacity) = (c.dim as u32, self.slots.capacity() as u32);
+        let qkv = matmul::Params::split_qkv(rows, n_in, q_dim, kv_dim, capacity);
+        arena.set(p.qkv, &qkv.with_eps(c.rms_eps))?;
         for (slot, w, rows_per_output) in [
             (p.o, &l0.wo, 1),
             // SwiGLU's outputs: one per (gate, up) pair of rows.
@@ -1257,22 +1203,20 @@ impl Session {
             (p.down, &l0.w_down, 1),
         ] {
             let n_out = w.n_out / rows_per_output;
-            arena.set(slot, &matmul::Params::new(rows, w.n_in, n_out))?;
+            let shape = matmul::Params::new(rows, w.n_in, n_out).with_eps(c.rms_eps);
+            arena.set(slot, &shape)?;
         }
+        // The LM head reads the last row only, or every row for `AllLogits`.
+        let head_rows = if matches!(head, Head::AllLogits) {
+            rows
+        } else {
+            1
+        };
         let head_w = model.head();
-        arena.set(
-            p.head,
-            &matmul::Params::new(head_rows, head_w.n_in, head_w.n_out),
-        )?;
-        arena.set(
-            p.kv_write,
-            &kv_write::Params {
-                n_rows: rows,
-                row_elems: c.kv_dim() as u32,
-                capacity: self.slots.capacity() as u32,
-                _pad0: 0,
-            },
-        )?;
+        let head_shape = matmul::Params::new(head_rows, head_w.n_in, head_w.n_out)
+            .with_eps(c.rms_eps)
+            .from_row(rows - head_rows);
+        arena.set(p.head, &head_shape)?;
         arena.set(
             p.attention,
             &attention::Params {
@@ -1318,24 +1262,18 @@ impl Session {
     }
 
     /// Layer `layer` up to its attention output in `att` (and the LSEs in `lse`); the new
-    /// keys and values go into the cache only if `store`.
+    /// keys and values go into the cache at the rows' slots (none for rows that only visit
+    /// this cache, as in Star's phase 2: their slots are past the cache).
     fn record_attention_half(
         &self,
         recorder: &mut Recorder,
         layer: usize,
         rows: u32,
-        store: bool,
     ) -> Result<()> {
         let gpu = self.model.gpu();
         let c = &self.model.config;
         let l = &self.layers[layer];
-        recorder.record(Part::Norm, &l.attn_norm, RmsNorm::grid(gpu, rows)?);
-        // Rows that only visit this cache (Star's phase 2) compute k and v for nothing.
         recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
-        if store {
-            let grid = KvWrite::grid(gpu, rows, c.kv_dim() as u32)?;
-            recorder.record(Part::KvWrite, &l.kv_write, grid);
-        }
         if let Some(mta) = &l.mta {
             for dispatch in mta.dispatches() {
                 recorder.record(Part::Attention, dispatch, dispatch.workgroups);
@@ -1358,7 +1296,6 @@ impl Session {
         let gpu = self.model.gpu();
         let l = &self.layers[layer];
         recorder.matmul(gpu, Part::Output, &l.o, rows)?;
-        recorder.record(Part::Norm, &l.ffn_norm, RmsNorm::grid(gpu, rows)?);
         recorder.matmul(gpu, Part::GateUp, &l.gate_up, rows)?;
         recorder.matmul(gpu, Part::Down, &l.down, rows)?;
         Ok(())
@@ -1373,9 +1310,9 @@ impl Session {
             } else {
                 1
             };
-            let grid = RmsNorm::grid(gpu, head_rows)?;
-            recorder.record(Part::Norm, &self.final_norm, grid);
-            recorder.matmul(gpu, Part::Head, &self.head, head_rows)?;
+            // x holds every row of the step: the vec form reads from its first row only.
+            let kind = MatmulKind::for_rows(rows);
+            recorder.matmul_as(gpu, Part::Head, &self.head, kind, head_rows)?;
         }
         if matches!(head, Head::Sample(_)) {
             recorder.record(Part::Sample, &self.sample, self.sample.workgroups);

@@ -54,10 +54,8 @@ macro_rules! cpu_test {
 mod attention;
 mod attention_merge;
 mod embed;
-mod kv_write;
 mod matmul;
 mod mta;
-mod rms_norm;
 mod sample;
 mod stream;
 

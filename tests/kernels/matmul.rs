@@ -1,7 +1,7 @@
 use sinkstar::gpu::{Gpu, TrackedBuffer};
 use sinkstar::kernels::matmul::{
-    check_weight, matmul_cpu, upload_weight, Epilogue, Matmul, MatmulError, MatmulKind, Params,
-    WeightFormat, VEC_X_BYTES,
+    check_weight, matmul_cpu, upload_weight, CacheOutputs, Epilogue, Inputs, Matmul, MatmulError,
+    MatmulKind, Params, Prologue, Variant, WeightFormat, VEC_X_BYTES,
 };
 use sinkstar::model::quant::quantize;
 
@@ -21,12 +21,14 @@ fn tol(n_in: usize) -> Tol {
     }
 }
 
-/// Every kernel of one format: vec and tile, with every epilogue.
+/// Every kernel of one format: vec and tile, raw and normalising, with every epilogue.
 fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
     let mut all = Vec::new();
     for kind in MatmulKind::ALL {
-        for epilogue in Epilogue::ALL {
-            all.push(Matmul::new(gpu, format, kind, epilogue).unwrap());
+        for prologue in Prologue::ALL {
+            for epilogue in Epilogue::ALL {
+                all.push(Matmul::new(gpu, format, kind, prologue, epilogue).unwrap());
+            }
         }
     }
     all
@@ -55,6 +57,74 @@ fn random_weight(seed: u64, format: WeightFormat, n_in: usize, n_out: usize) -> 
     quantize(format.ggml_type(), &values)
 }
 
+/// Llama's RMSNorm epsilon order of magnitude; large enough to matter for rows of small x.
+const EPS: f32 = 1e-5;
+
+/// One random problem: `n_rows` rows of x after `first_row` rows the kernels must skip (odd
+/// row counts start one row in), a norm weight, and the values out holds before.
+struct Problem {
+    n_rows: usize,
+    n_in: usize,
+    n_out: usize,
+    first_row: usize,
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    out_before: Vec<f32>,
+}
+
+impl Problem {
+    fn new(seed: u64, n_rows: usize, n_in: usize, n_out: usize) -> Problem {
+        let first_row = n_rows % 2;
+        let mut rng = rng(seed);
+        Problem {
+            n_rows,
+            n_in,
+            n_out,
+            first_row,
+            x: random_vec(&mut rng, (first_row + n_rows) * n_in, 1.0),
+            gamma: random_vec(&mut rng, n_in, 1.5),
+            out_before: random_vec(&mut rng, n_rows * n_out, 1.0),
+        }
+    }
+
+    fn shape(&self) -> Params {
+        Params::new(self.n_rows as u32, self.n_in as u32, self.n_out as u32)
+            .with_eps(EPS)
+            .from_row(self.first_row as u32)
+    }
+
+    /// The reference for `variant` on weights `weight_bytes` (columns as one row for Split).
+    fn want(&self, variant: Variant, weight_bytes: &[u8]) -> Vec<f32> {
+        let mut want = self.out_before.clone();
+        matmul_cpu(
+            variant.format,
+            weight_bytes,
+            self.n_in,
+            self.n_out,
+            &self.x[self.first_row * self.n_in..],
+            &mut want,
+            (variant.prologue == Prologue::RmsNorm).then_some((&self.gamma[..], EPS)),
+            variant.epilogue,
+        )
+        .unwrap();
+        want
+    }
+
+    fn inputs<'a>(
+        &self,
+        variant: Variant,
+        weight: &'a wgpu::Buffer,
+        x: &'a wgpu::Buffer,
+        gamma: &'a wgpu::Buffer,
+    ) -> Inputs<'a> {
+        Inputs {
+            weight,
+            x,
+            gamma: (variant.prologue == Prologue::RmsNorm).then_some(gamma),
+        }
+    }
+}
+
 /// Runs every kernel in `kernels` (all of one format) on one random problem and compares it with
 /// `matmul_cpu`: `n_out` outputs, from as many weight rows (twice as many for SwiGLU, whose
 /// weight is a stacked gate and up of `n_out` rows each). Vec kernels are skipped where x does
@@ -64,117 +134,135 @@ async fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, 
     // In u64: usize is 32 bits on wasm32, and the grid-spill test has 2^18 rows.
     let seed = n_rows as u64 * 1_000_003 + n_in as u64 * 1009 + n_out as u64;
     let stacked_bytes = random_weight(seed, format, n_in, 2 * n_out);
-    let mut rng = rng(seed + 1);
-    let x = random_vec(&mut rng, n_rows * n_in, 1.0);
-    let out_before = random_vec(&mut rng, n_rows * n_out, 1.0);
+    let problem = Problem::new(seed + 1, n_rows, n_in, n_out);
     // The first n_out rows of the stacked weight serve the plain epilogues.
     let row_bytes = format.row_bytes(n_in).unwrap();
     let plain_bytes = &stacked_bytes[..n_out * row_bytes];
     let plain = upload_weight(gpu, "weight", format, plain_bytes).unwrap();
     let stacked = upload_weight(gpu, "gate_up", format, &stacked_bytes).unwrap();
-    let shape = Params::new(n_rows as u32, n_in as u32, n_out as u32);
+    let gamma = gpu
+        .storage_with("gamma", bytemuck::cast_slice(&problem.gamma))
+        .unwrap();
+    let shape = problem.shape();
     let (arena, slot) = arena_with(gpu, &shape);
     for kernel in kernels {
         let variant = kernel.variant();
-        if variant.kind == MatmulKind::Vec && (n_rows * n_in * 4) as u64 > VEC_X_BYTES {
+        if variant.kind == MatmulKind::Vec && (problem.x.len() * 4) as u64 > VEC_X_BYTES {
             continue;
         }
         let (weight, weight_bytes) = match variant.epilogue {
             Epilogue::Swiglu => (&stacked, &stacked_bytes[..]),
             _ => (&plain, plain_bytes),
         };
+        let x_buf = x_buffer(gpu, variant.kind, &problem.x);
+        let inputs = problem.inputs(variant, weight, &x_buf, &gamma);
         if variant.epilogue == Epilogue::Split {
-            check_split(gpu, kernel, weight, weight_bytes, &x, n_rows, n_in, n_out).await;
+            check_split(gpu, kernel, inputs, &problem, weight_bytes).await;
             continue;
         }
-        let x_buf = x_buffer(gpu, variant.kind, &x);
         let out = gpu
-            .storage_with("out", bytemuck::cast_slice(&out_before))
+            .storage_with("out", bytemuck::cast_slice(&problem.out_before))
             .unwrap();
         let dispatch = kernel
-            .dispatch(gpu, arena.binding(slot), weight, &x_buf, &out, shape)
+            .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
             .unwrap();
         run(gpu, &[&dispatch]);
         let got = read_f32(gpu, &out, n_rows * n_out).await;
-        let mut want = out_before.clone();
-        matmul_cpu(
-            format,
-            weight_bytes,
-            n_in,
-            n_out,
-            &x,
-            &mut want,
-            variant.epilogue,
-        )
-        .unwrap();
+        let want = problem.want(variant, weight_bytes);
         let name = format!("{} {n_rows}x{n_in}->{n_out}", variant.name());
         assert_close(&name, &got, &want, tol(n_in));
     }
 }
 
+/// A value no kernel computes: cache rows left alone must still hold it.
+const UNTOUCHED: f32 = 7.25;
+
 /// A stacked q/k/v matmul: `n_out` columns split as `n_out - 2 kv` of q and `kv = n_out / 3`
-/// each of k and v (shapes with no room for three parts are skipped); each output against its
-/// columns of the reference.
-#[allow(clippy::too_many_arguments)]
+/// each of k and v (shapes with no room for three parts are skipped), into caches of two rows
+/// more than the step's, at slots in reverse order; with more than one row, row 0 is not
+/// stored (a slot past the cache). q against its columns of the reference, every cache row
+/// against the row stored there or `UNTOUCHED`.
 async fn check_split(
     gpu: &Gpu,
     kernel: &Matmul,
-    weight: &TrackedBuffer,
+    inputs: Inputs<'_>,
+    problem: &Problem,
     weight_bytes: &[u8],
-    x: &[f32],
-    n_rows: usize,
-    n_in: usize,
-    n_out: usize,
 ) {
+    let (n_rows, n_in, n_out) = (problem.n_rows, problem.n_in, problem.n_out);
     let kv = n_out / 3;
     let q = n_out - 2 * kv;
     if kv == 0 {
         return;
     }
     let variant = kernel.variant();
-    let shape = Params::split_qkv(n_rows as u32, n_in as u32, q as u32, kv as u32);
+    let capacity = n_rows + 2;
+    let slots: Vec<u32> = (0..n_rows)
+        .map(|r| match r {
+            0 if n_rows > 1 => u32::MAX,
+            _ => (capacity - 1 - r) as u32,
+        })
+        .collect();
+    let shape = Params::split_qkv(
+        n_rows as u32,
+        n_in as u32,
+        q as u32,
+        kv as u32,
+        capacity as u32,
+    )
+    .with_eps(EPS)
+    .from_row(problem.first_row as u32);
     let (arena, slot) = arena_with(gpu, &shape);
-    let x_buf = x_buffer(gpu, variant.kind, x);
-    let nan = |what, cols: usize| {
-        let values = vec![f32::NAN; n_rows * cols];
+    let filled = |what, rows: usize| {
+        let values = vec![UNTOUCHED; rows * kv.max(q)];
         gpu.storage_with(what, bytemuck::cast_slice(&values))
             .unwrap()
     };
-    let outs = [nan("q", q), nan("k", kv), nan("v", kv)];
+    let (q_out, k_cache, v_cache) = (
+        filled("q", n_rows),
+        filled("k", capacity),
+        filled("v", capacity),
+    );
+    let slots_buf = gpu
+        .storage_with("slots", bytemuck::cast_slice(&slots))
+        .unwrap();
+    let outputs = CacheOutputs {
+        q: &q_out,
+        k_cache: &k_cache,
+        v_cache: &v_cache,
+        slots: &slots_buf,
+    };
     let dispatch = kernel
-        .dispatch_split(
-            gpu,
-            arena.binding(slot),
-            weight,
-            &x_buf,
-            [&outs[0], &outs[1], &outs[2]],
-            shape,
-        )
+        .dispatch_split(gpu, arena.binding(slot), inputs, outputs, shape)
         .unwrap();
     run(gpu, &[&dispatch]);
-    let mut want = vec![0.0; n_rows * n_out];
-    matmul_cpu(
-        variant.format,
-        weight_bytes,
-        n_in,
-        n_out,
-        x,
-        &mut want,
-        Epilogue::Split,
-    )
-    .unwrap();
-    for (part, (out, (start, cols))) in
-        ["q", "k", "v"]
-            .iter()
-            .zip(outs.iter().zip([(0, q), (q, kv), (q + kv, kv)]))
-    {
-        let got = read_f32(gpu, out, n_rows * cols).await;
-        let want: Vec<f32> = want
-            .chunks_exact(n_out)
-            .flat_map(|row| row[start..start + cols].iter().copied())
+    let want = problem.want(variant, weight_bytes);
+    let columns =
+        |start: usize, cols: usize, row: usize| want[row * n_out + start..][..cols].to_vec();
+    let name = format!("{} {n_rows}x{n_in}->{n_out}", variant.name());
+    let got = read_f32(gpu, &q_out, n_rows * q).await;
+    let want_q: Vec<f32> = (0..n_rows).flat_map(|r| columns(0, q, r)).collect();
+    assert_close(&format!("{name} q"), &got, &want_q, tol(n_in));
+    for (part, cache, start) in [("k", &k_cache, q), ("v", &v_cache, q + kv)] {
+        let got = read_f32(gpu, cache, capacity * kv).await;
+        let want: Vec<f32> = (0..capacity)
+            .flat_map(
+                |slot| match slots.iter().position(|&s| s as usize == slot) {
+                    Some(row) => columns(start, kv, row),
+                    None => vec![UNTOUCHED; kv],
+                },
+            )
             .collect();
-        let name = format!("{} {part} of {n_rows}x{n_in}->{n_out}", variant.name());
-        assert_close(&name, &got, &want, tol(n_in));
+        assert_close(&format!("{name} {part} cache"), &got, &want, tol(n_in));
+    }
+}
+
+/// Inputs of a kernel that does not normalise.
+fn raw<'a>(weight: &'a wgpu::Buffer, x: &'a wgpu::Buffer) -> Inputs<'a> {
+    Inputs {
+        weight,
+        x,
+        gamma: None,
     }
 }
 
@@ -299,13 +387,15 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let out = gpu.storage("out", 2 * 3 * 4).unwrap();
     let shape = Params::new(n_rows, n_in, n_out);
     let (arena, slot) = arena_with(gpu, &shape);
-    let tile = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Store).unwrap();
+    let new =
+        |kind, prologue, epilogue| Matmul::new(gpu, format, kind, prologue, epilogue).unwrap();
+    let tile = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Store);
     let short = upload_weight(gpu, "short", format, &random_weight(1, format, 64, 2)).unwrap();
     let q8_0 = WeightFormat::Q8_0;
     let other = upload_weight(gpu, "q8_0", q8_0, &random_weight(1, q8_0, 64, 3)).unwrap();
     for weight in [&short, &other] {
         let e = tile
-            .dispatch(gpu, arena.binding(slot), weight, &x, &out, shape)
+            .dispatch(gpu, arena.binding(slot), raw(weight, &x), &out, shape)
             .err()
             .expect("a weight of the wrong size is rejected");
         assert!(
@@ -324,10 +414,10 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     }
 
     // A split kernel given one output, and a split that leaves unequal k and v.
-    let split = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Split).unwrap();
+    let split = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Split);
     let w3 = upload_weight(gpu, "w3", format, &random_weight(1, format, 64, 3)).unwrap();
     let e = split
-        .dispatch(gpu, arena.binding(slot), &w3, &x, &out, shape)
+        .dispatch(gpu, arena.binding(slot), raw(&w3, &x), &out, shape)
         .err()
         .expect("one output for three is rejected");
     assert!(
@@ -342,15 +432,14 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         "{e:?}"
     );
     let uneven = Params { split: 2, ..shape };
+    let caches = CacheOutputs {
+        q: &out,
+        k_cache: &out,
+        v_cache: &out,
+        slots: &out,
+    };
     let e = split
-        .dispatch_split(
-            gpu,
-            arena.binding(slot),
-            &w3,
-            &x,
-            [&out, &out, &out],
-            uneven,
-        )
+        .dispatch_split(gpu, arena.binding(slot), raw(&w3, &x), caches, uneven)
         .err()
         .expect("k and v of unequal widths are rejected");
     assert!(
@@ -367,9 +456,9 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
 
     // A SwiGLU kernel given a plain [3, 64] weight: it needs the stacked [6, 64].
     let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
-    let swiglu = Matmul::new(gpu, format, MatmulKind::Tile, Epilogue::Swiglu).unwrap();
+    let swiglu = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Swiglu);
     let e = swiglu
-        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, shape)
+        .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, shape)
         .err()
         .expect("an unstacked weight is rejected");
     assert!(
@@ -387,7 +476,13 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     // Buffers too small for the rows, and a vec kernel given what it cannot bind.
     let small_out = gpu.storage("out", 4).unwrap();
     let e = tile
-        .dispatch(gpu, arena.binding(slot), &weight, &x, &small_out, shape)
+        .dispatch(
+            gpu,
+            arena.binding(slot),
+            raw(&weight, &x),
+            &small_out,
+            shape,
+        )
         .err()
         .expect("a short out is rejected");
     assert!(
@@ -401,28 +496,121 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         ),
         "{e:?}"
     );
-    let vec = Matmul::new(gpu, format, MatmulKind::Vec, Epilogue::Store).unwrap();
+    let vec = new(MatmulKind::Vec, Prologue::Raw, Epilogue::Store);
     let e = vec
-        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, shape)
+        .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, shape)
         .err()
         .expect("a storage-only x is rejected by vec");
     assert!(matches!(e, MatmulError::XNotUniform { .. }), "{e:?}");
     let many = Params::new(1000, n_in, n_out);
     let e = vec
-        .dispatch(gpu, arena.binding(slot), &weight, &x, &out, many)
+        .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, many)
         .err()
         .expect("too many rows for the uniform x are rejected");
     assert!(
         matches!(e, MatmulError::TooManyRows { n_rows: 1000, .. }),
         "{e:?}"
     );
+    // Rows read from past the end of x.
+    let e = tile
+        .dispatch(
+            gpu,
+            arena.binding(slot),
+            raw(&weight, &x),
+            &out,
+            shape.from_row(1),
+        )
+        .err()
+        .expect("rows past x are rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::BufferTooSmall {
+                buffer: "x",
+                needed: 768,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // A norm's weight missing, given to a kernel that does not normalise, or too short.
+    let norm = new(MatmulKind::Tile, Prologue::RmsNorm, Epilogue::Store);
+    let gamma = gpu.storage("gamma", 64 * 4).unwrap();
+    let short_gamma = gpu.storage("gamma", 63 * 4).unwrap();
+    let with_gamma = |gamma| Inputs {
+        gamma: Some(gamma),
+        ..raw(&weight, &x)
+    };
+    for (kernel, inputs, what) in [
+        (&norm, raw(&weight, &x), "give the norm's weight"),
+        (&tile, with_gamma(&gamma), "does not normalise"),
+    ] {
+        let e = kernel
+            .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
+            .err()
+            .expect("a norm's weight where none belongs, or none where one does, is rejected");
+        assert!(matches!(e, MatmulError::Norm { .. }), "{e:?}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    let e = norm
+        .dispatch(
+            gpu,
+            arena.binding(slot),
+            with_gamma(&short_gamma),
+            &out,
+            shape,
+        )
+        .err()
+        .expect("a short norm weight is rejected");
+    assert!(
+        matches!(
+            e,
+            MatmulError::BufferTooSmall {
+                buffer: "gamma",
+                needed: 256,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // Caches too small for their capacity, and too few slots for the rows.
+    let w9 = upload_weight(gpu, "w9", format, &random_weight(1, format, 64, 9)).unwrap();
+    let qkv = Params::split_qkv(n_rows, n_in, 3, 3, 4);
+    let big = gpu.storage("big", 4 * 3 * 4).unwrap();
+    let one = gpu.storage("one slot", 4).unwrap();
+    for (k_cache, slots, buffer, needed) in [(&out, &big, "k_cache", 48), (&big, &one, "slots", 8)]
+    {
+        let caches = CacheOutputs {
+            q: &big,
+            k_cache,
+            v_cache: &big,
+            slots,
+        };
+        let e = split
+            .dispatch_split(gpu, arena.binding(slot), raw(&w9, &x), caches, qkv)
+            .err()
+            .expect("a short cache or slot table is rejected");
+        assert!(
+            matches!(e, MatmulError::BufferTooSmall { buffer: b, needed: n, .. } if b == buffer && n == needed),
+            "{e:?}"
+        );
+    }
 
     // Float weights are whole blocks at any n_in, but the kernels read x as vec4.
     let f32_weight = upload_weight(gpu, "f32", WeightFormat::F32, &[0; 3 * 7 * 4]).unwrap();
-    let f32_tile = Matmul::new(gpu, WeightFormat::F32, MatmulKind::Tile, Epilogue::Store).unwrap();
+    let f32_tile = Matmul::new(
+        gpu,
+        WeightFormat::F32,
+        MatmulKind::Tile,
+        Prologue::Raw,
+        Epilogue::Store,
+    )
+    .unwrap();
     let odd = Params::new(2, 7, 3);
     let e = f32_tile
-        .dispatch(gpu, arena.binding(slot), &f32_weight, &x, &out, odd)
+        .dispatch(gpu, arena.binding(slot), raw(&f32_weight, &x), &out, odd)
         .err()
         .expect("n_in = 7 is rejected");
     assert!(matches!(e, MatmulError::NotVec4 { n_in: 7, .. }), "{e:?}");
@@ -436,11 +624,33 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         3,
         &[0.0; 128],
         &mut out,
+        None,
         Epilogue::Store,
     )
     .unwrap_err();
     assert!(
         matches!(e, MatmulError::WeightBytes { n_bytes: 100, .. }),
+        "{e:?}"
+    );
+    let e = matmul_cpu(
+        format,
+        &[0; 120],
+        64,
+        3,
+        &[0.0; 128],
+        &mut out,
+        Some((&[1.0; 63], EPS)),
+        Epilogue::Store,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MatmulError::BufferTooSmall {
+                buffer: "gamma",
+                ..
+            }
+        ),
         "{e:?}"
     );
 }
