@@ -17,14 +17,20 @@
 // per invocation, a uniform load at a shared address almost nothing), so each invocation keeps
 // a block of outputs in registers, hand-unrolled into named vec4s: private arrays indexed in
 // loops end up in memory there (measured 1.5-3x slower).
-//   VEC (decode: one or a few rows): x in a uniform buffer; an invocation computes 4 columns of
-//     one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE; SWIGLU: the gate and up rows of
-//     outputs o and o + WG_SIZE).
+//   vec (decode: one or a few rows; CPU drivers): x in a uniform buffer; an invocation computes 4
+//     columns of one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE; SWIGLU: the gate and up
+//     rows of outputs o and o + WG_SIZE).
+//   subgroup (decode on GPUs with subgroup operations): x in a storage buffer (a GPU's uniform
+//     cache serialises lanes that read different addresses); a subgroup computes 4 columns of one
+//     row, its lanes taking the row's chunks in turn, so that neighbouring lanes read neighbouring
+//     blocks of one weight row, and one subgroupAdd per column meets their sums (and, with NORM,
+//     the row's squares).
 //   tile (prefill): x in a storage buffer; an invocation computes 4 rows x 8 columns, so a
 //     decoded weight serves 4 rows and an x value 8 columns (SWIGLU: the gate and up rows of 4
 //     outputs).
 // n_in is a multiple of 32 for quant formats and of 4 for float ones (checked on the host).
-// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; VEC; one of ACCUMULATE, SWIGLU, SPLIT; NORM.
+// Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; MATVEC with UNIFORM_X (vec) or SUBGROUP (subgroup),
+// neither for tile; one of ACCUMULATE, SWIGLU, SPLIT; NORM.
 // Overrides: WG_SIZE. Spec: none (sink-window.md §4 option A for the cache: keys go in raw).
 
 #include "common/quant.wgsl"
@@ -48,7 +54,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> weight: array<u32>;    // [n_out, row_bytes(n_in) / 4]
-#if VEC
+#if UNIFORM_X
 // 64 KiB, the smallest max_uniform_buffer_binding_size WebGPU allows.
 const X_VEC4S: u32 = 4096u;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, X_VEC4S>; // [first_row + n_rows, n_in / 4] <= X_VEC4S
@@ -84,16 +90,28 @@ fn gamma4(i: u32) -> vec4<f32> {
 #endif
 }
 
+#if NORM
+// The sum of squares of x[x_row + 4 i .. + 4] over i = first, first + step, ... < n_in / 4.
+fn squares(x_row: u32, first: u32, step: u32) -> f32 {
+    var acc = vec4<f32>();
+    for (var i = 4u * first; i < params.n_in; i += 4u * step) {
+        let v = x4_at(x_row + i);
+        acc = fma(v, v, acc);
+    }
+    return dot(acc, vec4<f32>(1.0));
+}
+
+// 1 / rms of a row whose squares sum to `sum`.
+fn norm_scale(sum: f32) -> f32 {
+    return inverseSqrt(sum / f32(params.n_in) + params.eps);
+}
+#endif
+
 // What scales the sums of the row of x starting at flat index x_row: 1 / rms(x_row) with NORM,
 // else 1.
 fn row_scale(x_row: u32) -> f32 {
 #if NORM
-    var squares = vec4<f32>();
-    for (var i = 0u; i < params.n_in; i += 4u) {
-        let v = x4_at(x_row + i);
-        squares = fma(v, v, squares);
-    }
-    return inverseSqrt(dot(squares, vec4<f32>(1.0)) / f32(params.n_in) + params.eps);
+    return norm_scale(squares(x_row, 0u, 1u));
 #else
     return 1.0;
 #endif
@@ -157,46 +175,32 @@ fn swiglu(gate: f32, up: f32) -> f32 {
 const OUT_SHARE: u32 = 1u;
 #endif
 
-#if VEC
+#if MATVEC
 // acc + the 8 products of one group, kept as 4 partial sums.
 fn mac(acc: vec4<f32>, w: Group, x_lo: vec4<f32>, x_hi: vec4<f32>) -> vec4<f32> {
     return fma(w.lo, x_lo, fma(w.hi, x_hi, acc));
 }
 
-@compute @workgroup_size(WG_SIZE)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) n_wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+// Partial sums (4 per row, to be added up) of 4 weight rows against the row of x at flat index
+// x_row.
+struct Sums {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+// The sums of weight rows w0..w3 over chunks first, first + step, ... of the row (and, for the
+// float formats, the same stride of the 4-value steps after the last whole chunk): one
+// invocation takes all of it (0, 1) or one lane of a subgroup its share (lane, subgroup size).
+fn sums(w0: u32, w1: u32, w2: u32, w3: u32, x_row: u32, first: u32, step: u32) -> Sums {
     let n_in = params.n_in;
-    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
-    let group_cols = 4u / OUT_SHARE * WG_SIZE;
-    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
-    let flat = wid.x + wid.y * n_wg.x;
-    let r = flat / n_col_groups;
-    if r >= params.n_rows {
-        return;
-    }
-    let o = flat % n_col_groups * group_cols + lid;
-#if SWIGLU
-    let w0 = w_row(o);
-    let w1 = w_row(o + WG_SIZE);
-    let w2 = up_row(o);
-    let w3 = up_row(o + WG_SIZE);
-#else
-    let w0 = w_row(o);
-    let w1 = w_row(o + WG_SIZE);
-    let w2 = w_row(o + 2u * WG_SIZE);
-    let w3 = w_row(o + 3u * WG_SIZE);
-#endif
-    let x_row = (params.first_row + r) * n_in;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
     var a2 = vec4<f32>();
     var a3 = vec4<f32>();
     let n_chunks = n_in / CHUNK_ELEMS;
-    for (var k = 0u; k < n_chunks; k++) {
+    for (var k = first; k < n_chunks; k += step) {
         let c0 = chunk_at(w0, k);
         let c1 = chunk_at(w1, k);
         let c2 = chunk_at(w2, k);
@@ -213,25 +217,106 @@ fn main(
         }
     }
     // Float formats only (their block is one weight): the weights after the last whole chunk.
-    for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i += 4u) {
+    for (var i = n_chunks * CHUNK_ELEMS + 4u * first; i < n_in; i += 4u * step) {
         let xi = x4_at(x_row + i) * gamma4(i);
         a0 = fma(weights4_at(w0, i), xi, a0);
         a1 = fma(weights4_at(w1, i), xi, a1);
         a2 = fma(weights4_at(w2, i), xi, a2);
         a3 = fma(weights4_at(w3, i), xi, a3);
     }
+    return Sums(a0, a1, a2, a3);
+}
+
+#if SUBGROUP
+// Weight rows per workgroup: 8 quads of 4 rows, one quad per subgroup at a time.
+const WG_ROWS: u32 = 32u;
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) n_subgroups: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) lanes: u32,
+) {
+    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
+    let group_cols = WG_ROWS / OUT_SHARE;
+    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
+    let flat = wid.x + wid.y * n_wg.x;
+    let r = flat / n_col_groups;
+    if r >= params.n_rows {
+        return;
+    }
+    let o_first = flat % n_col_groups * group_cols;
+    let x_row = (params.first_row + r) * params.n_in;
+#if NORM
+    let scale = norm_scale(subgroupAdd(squares(x_row, lane, lanes)));
+#else
+    let scale = 1.0;
+#endif
+    // Any subgroup size works: the quads go round the subgroups, the chunks round the lanes.
+    for (var quad = subgroup; quad < WG_ROWS / 4u; quad += n_subgroups) {
+#if SWIGLU
+        let o = o_first + 2u * quad;
+        let s = sums(w_row(o), w_row(o + 1u), up_row(o), up_row(o + 1u), x_row, lane, lanes);
+#else
+        let o = o_first + 4u * quad;
+        let s = sums(w_row(o), w_row(o + 1u), w_row(o + 2u), w_row(o + 3u), x_row, lane, lanes);
+#endif
+        let ones = vec4<f32>(1.0);
+        let y0 = subgroupAdd(dot(s.a0, ones)) * scale;
+        let y1 = subgroupAdd(dot(s.a1, ones)) * scale;
+        let y2 = subgroupAdd(dot(s.a2, ones)) * scale;
+        let y3 = subgroupAdd(dot(s.a3, ones)) * scale;
+        if lane == 0u {
+#if SWIGLU
+            store(r, o, swiglu(y0, y2));
+            store(r, o + 1u, swiglu(y1, y3));
+#else
+            store(r, o, y0);
+            store(r, o + 1u, y1);
+            store(r, o + 2u, y2);
+            store(r, o + 3u, y3);
+#endif
+        }
+    }
+}
+#else
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
+    let group_cols = 4u / OUT_SHARE * WG_SIZE;
+    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
+    let flat = wid.x + wid.y * n_wg.x;
+    let r = flat / n_col_groups;
+    if r >= params.n_rows {
+        return;
+    }
+    let o = flat % n_col_groups * group_cols + lid;
+    let x_row = (params.first_row + r) * params.n_in;
+#if SWIGLU
+    let s = sums(w_row(o), w_row(o + WG_SIZE), up_row(o), up_row(o + WG_SIZE), x_row, 0u, 1u);
+#else
+    let s = sums(w_row(o), w_row(o + WG_SIZE), w_row(o + 2u * WG_SIZE), w_row(o + 3u * WG_SIZE), x_row, 0u, 1u);
+#endif
     // dot(a, scale): the sum of a's partial sums, times the row's scale.
     let scale = vec4<f32>(row_scale(x_row));
 #if SWIGLU
-    store(r, o, swiglu(dot(a0, scale), dot(a2, scale)));
-    store(r, o + WG_SIZE, swiglu(dot(a1, scale), dot(a3, scale)));
+    store(r, o, swiglu(dot(s.a0, scale), dot(s.a2, scale)));
+    store(r, o + WG_SIZE, swiglu(dot(s.a1, scale), dot(s.a3, scale)));
 #else
-    store(r, o, dot(a0, scale));
-    store(r, o + WG_SIZE, dot(a1, scale));
-    store(r, o + 2u * WG_SIZE, dot(a2, scale));
-    store(r, o + 3u * WG_SIZE, dot(a3, scale));
+    store(r, o, dot(s.a0, scale));
+    store(r, o + WG_SIZE, dot(s.a1, scale));
+    store(r, o + 2u * WG_SIZE, dot(s.a2, scale));
+    store(r, o + 3u * WG_SIZE, dot(s.a3, scale));
 #endif
 }
+#endif
 #else
 // acc + one group of a column's weights times 4 rows of x: the columns of x_lo and x_hi are the
 // rows, so component j of the result is row j's dot product.

@@ -498,3 +498,19 @@ fn a_hugging_face_directory_with_missing_files_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
 }
+
+#[test]
+fn matvec_flag_chooses_the_decode_form() {
+    // lavapipe: auto takes the vec form (a CPU driver), subgroup is there on request.
+    for (flag, form) in [("auto", "vec"), ("vec", "vec"), ("subgroup", "subgroup")] {
+        let out = sinkstar(&["--matvec", flag, "info"]);
+        assert!(out.status.success());
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("decode matvec: {form}")),
+            "--matvec {flag}: {text}"
+        );
+    }
+    let out = sinkstar(&["--matvec", "simd", "info"]);
+    assert!(!out.status.success());
+}

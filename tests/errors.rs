@@ -10,6 +10,7 @@ use common::{gpu, Tiny};
 use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
 use sinkstar::gpu::{Gpu, GpuError, GpuOptions};
+use sinkstar::kernels::matmul::{Epilogue, Matmul, MatmulKind, Prologue, WeightFormat};
 use sinkstar::kernels::sample::SampleError;
 use sinkstar::model::gguf::{GgmlType, Gguf, GgufError};
 use sinkstar::model::{GpuModel, LlamaConfig, ModelError, Session, SessionOptions};
@@ -107,7 +108,7 @@ fn no_adapter_for_the_backend() {
     };
     let options = GpuOptions {
         backend: Some(backend.into()),
-        adapter: None,
+        ..GpuOptions::default()
     };
     let err = match Gpu::new_blocking(&options) {
         Ok(gpu) => panic!("found an adapter: {}", gpu.info.name),
@@ -118,10 +119,35 @@ fn no_adapter_for_the_backend() {
 }
 
 #[test]
+fn a_kernel_needing_a_feature_the_device_lacks_is_refused() {
+    // Opened without subgroups (the vec form), the device cannot build the subgroup form.
+    let gpu = Gpu::new_blocking(&GpuOptions {
+        subgroup_matvec: Some(false),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    assert_eq!(MatmulKind::decode(&gpu), MatmulKind::Vec);
+    let err = Matmul::new(
+        &gpu,
+        WeightFormat::Q4_1,
+        MatmulKind::Subgroup,
+        Prologue::Raw,
+        Epilogue::Store,
+    )
+    .err()
+    .expect("the subgroup form needs subgroups");
+    assert!(
+        matches!(&err, GpuError::MissingFeature { kernel, .. } if kernel == "matmul_q4_1_subgroup"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("SUBGROUP"), "{err}");
+}
+
+#[test]
 fn adapter_index_and_backend_name() {
     let err = Gpu::new_blocking(&GpuOptions {
-        backend: None,
         adapter: Some(99),
+        ..GpuOptions::default()
     })
     .err()
     .expect("adapter 99 exists");
@@ -131,7 +157,7 @@ fn adapter_index_and_backend_name() {
     );
     let err = Gpu::new_blocking(&GpuOptions {
         backend: Some("glide".into()),
-        adapter: None,
+        ..GpuOptions::default()
     })
     .err()
     .expect("backend glide exists");

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use common::{gpu, Tiny};
 use sinkstar::attention::AttentionPolicy;
 use sinkstar::generate::SamplingParams;
+use sinkstar::gpu::{Gpu, GpuOptions};
+use sinkstar::kernels::matmul::MatmulKind;
 use sinkstar::model::forward_cpu::{CpuKvCache, CpuModel};
 use sinkstar::model::gguf::{GgmlType, Gguf};
 use sinkstar::model::{GpuModel, Part, Session, SessionOptions};
@@ -35,9 +37,13 @@ fn assert_values_close(what: &str, gpu: &[f32], cpu: &[f32]) {
 }
 
 fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
+    check_on(gpu(), tiny, prompt_len, max_chunk, n_decode);
+}
+
+fn check_on(gpu: Arc<Gpu>, tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
     let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
     let cpu = CpuModel::from_gguf(&gguf).unwrap();
-    let model = Arc::new(GpuModel::load(gpu(), &gguf).unwrap());
+    let model = Arc::new(GpuModel::load(gpu, &gguf).unwrap());
     let mut session = Session::new(
         model,
         &SessionOptions {
@@ -112,6 +118,28 @@ fn every_weight_format_matches_the_cpu_reference() {
             ..Tiny::default()
         };
         check(&tiny, 13, 5, 4);
+    }
+}
+
+#[test]
+fn subgroup_decode_matches_the_cpu_reference() {
+    // The form GPUs decode with, forced on lavapipe (which has subgroups of 8 but runs the vec
+    // form faster, so `auto` does not choose it there).
+    let gpu = Gpu::new_blocking(&GpuOptions {
+        subgroup_matvec: Some(true),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    assert_eq!(MatmulKind::decode(&gpu), MatmulKind::Subgroup);
+    assert_eq!(MatmulKind::decode(&common::gpu()), MatmulKind::Vec);
+    let gpu = Arc::new(gpu);
+    for format in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        let tiny = Tiny {
+            format,
+            embed_format: format,
+            ..Tiny::default()
+        };
+        check_on(gpu.clone(), &tiny, 13, 5, 4);
     }
 }
 

@@ -14,9 +14,21 @@ fn every_variant_validates() {
         let spec = spec.expect("preprocessing a variant");
         let module = naga::front::wgsl::parse_str(&spec.source)
             .unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&spec.source)));
-        // No optional capabilities: what validates here also runs on an adapter without
-        // shader-f16 or subgroups (SwiftShader in Chromium).
-        let mut validator = Validator::new(ValidationFlags::all(), Capabilities::empty());
+        // No optional capabilities but those the variant declares it needs (the subgroup
+        // matvec): what validates here also runs on an adapter without shader-f16 or subgroups
+        // (SwiftShader in Chromium).
+        let capabilities = if spec.features.contains(wgpu::Features::SUBGROUP) {
+            Capabilities::SUBGROUP
+        } else {
+            Capabilities::empty()
+        };
+        assert_eq!(
+            spec.features - wgpu::Features::SUBGROUP,
+            wgpu::Features::empty(),
+            "{}: a feature this test does not know",
+            spec.label
+        );
+        let mut validator = Validator::new(ValidationFlags::all(), capabilities);
         let info = validator
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&spec.source)));
@@ -25,7 +37,7 @@ fn every_variant_validates() {
         let (module, _) =
             naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants)
                 .unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", spec.label, spec.overrides));
-        Validator::new(ValidationFlags::all(), Capabilities::empty())
+        Validator::new(ValidationFlags::all(), capabilities)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{} with overrides: {e}", spec.label));
         assert!(

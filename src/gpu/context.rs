@@ -16,6 +16,11 @@ pub struct GpuOptions {
     pub backend: Option<String>,
     /// Index into [`list_adapters`]; `None` takes the best adapter wgpu offers.
     pub adapter: Option<usize>,
+    /// Whether decode's matvecs use subgroup operations (the `subgroup` matmul form):
+    /// `None` where the adapter has them and is not a CPU (lavapipe has them, but runs that form
+    /// slower than its register-blocked one: notes/platform.md), never in the browser (wgpu's web
+    /// backend does not report them); `Some(true)` fails on an adapter without them.
+    pub subgroup_matvec: Option<bool>,
 }
 
 /// What `sinkstar info` shows of an adapter.
@@ -34,8 +39,11 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// Features requested for the device (none yet: the f32 path runs everywhere).
+    /// Features requested for the device: subgroups when decode uses them, nothing else (the
+    /// f32 path runs everywhere).
     pub features: wgpu::Features,
+    /// Decode's matvecs use subgroup operations ([`GpuOptions::subgroup_matvec`]).
+    pub subgroup_matvec: bool,
     /// Features the adapter offers.
     pub adapter_features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
@@ -143,8 +151,26 @@ impl Gpu {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = wgpu::Features::empty();
         let adapter_features = adapter.features();
+        // Never on the web: naga rejects the `enable subgroups;` Chromium requires.
+        let subgroups =
+            !cfg!(target_arch = "wasm32") && adapter_features.contains(wgpu::Features::SUBGROUP);
+        let subgroup_matvec = match options.subgroup_matvec {
+            Some(true) if !subgroups => {
+                return Err(GpuError::MissingFeature {
+                    kernel: "the subgroup matvec (requested)".into(),
+                    feature: "SUBGROUP".into(),
+                    adapter: info.name.clone(),
+                })
+            }
+            Some(wanted) => wanted,
+            None => subgroups && info.device_type != wgpu::DeviceType::Cpu,
+        };
+        let features = if subgroup_matvec {
+            wgpu::Features::SUBGROUP
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("sinkstar"),
@@ -172,6 +198,7 @@ impl Gpu {
             info,
             limits,
             features,
+            subgroup_matvec,
             adapter_features,
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(Allocated::default()),
@@ -318,6 +345,13 @@ impl Gpu {
         })?;
         if let Some(kernel) = cache.get(&spec.label) {
             return Ok(kernel.clone());
+        }
+        if !self.features.contains(spec.features) {
+            return Err(GpuError::MissingFeature {
+                kernel: spec.label.clone(),
+                feature: format!("{:?}", spec.features - self.features),
+                adapter: self.info.name.clone(),
+            });
         }
         let kernel = Arc::new(Kernel::new(self, spec)?);
         cache.insert(spec.label.clone(), kernel.clone());

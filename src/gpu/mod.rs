@@ -36,6 +36,12 @@ pub enum GpuError {
         limit: u64,
         needed: u64,
     },
+    #[error("kernel `{kernel}` needs the device feature {feature}, which `{adapter}` does not offer or was not opened with")]
+    MissingFeature {
+        kernel: String,
+        feature: String,
+        adapter: String,
+    },
     #[error("shader `{variant}` is invalid: {message}")]
     Shader { variant: String, message: String },
     #[error("shader preprocessing of `{file}`: {message}")]

@@ -25,6 +25,9 @@ pub struct PipelineSpec {
     pub entry: &'static str,
     /// Values of the shader's `override` constants.
     pub overrides: Vec<(String, f64)>,
+    /// Device features the shader needs (`Gpu::kernel` checks them): empty for every kernel
+    /// that runs everywhere.
+    pub features: wgpu::Features,
     pub bindings: Vec<Binding>,
 }
 

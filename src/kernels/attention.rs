@@ -364,6 +364,7 @@ impl Variant {
             source,
             entry: "main",
             overrides,
+            features: wgpu::Features::empty(),
             bindings: vec![
                 Binding::Uniform,
                 Binding::Read,

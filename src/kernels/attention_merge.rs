@@ -44,6 +44,7 @@ pub fn spec() -> Result<PipelineSpec, GpuError> {
         source: shader_source("attention_merge.wgsl", &[])?,
         entry: "main",
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
+        features: wgpu::Features::empty(),
         bindings: vec![
             Binding::Uniform,
             Binding::Read,

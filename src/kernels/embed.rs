@@ -44,6 +44,7 @@ pub fn spec(format: WeightFormat) -> Result<PipelineSpec, GpuError> {
         source: shader_source("embed.wgsl", format.defines())?,
         entry: "main",
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
+        features: wgpu::Features::empty(),
         bindings: vec![
             Binding::Uniform,
             Binding::Read,

@@ -329,38 +329,59 @@ impl Params {
     }
 }
 
-/// Which of the two kernels: `Vec` for one or a few rows (decoding), `Tile` for many (prefill).
+/// Which kernel: `Vec` or `Subgroup` for one or a few rows (decoding), `Tile` for many (prefill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulKind {
+    /// Each invocation 4 whole weight rows, x from a uniform buffer: the form for CPU drivers.
     Vec,
+    /// Each subgroup 4 weight rows, its lanes taking a row's blocks in turn (neighbouring lanes,
+    /// neighbouring blocks), x from a storage buffer: the form for GPUs. Needs
+    /// `Features::SUBGROUP`.
+    Subgroup,
     Tile,
 }
 
 impl MatmulKind {
-    pub const ALL: [MatmulKind; 2] = [MatmulKind::Vec, MatmulKind::Tile];
+    pub const ALL: [MatmulKind; 3] = [MatmulKind::Vec, MatmulKind::Subgroup, MatmulKind::Tile];
 
-    /// The form for x of `n_rows` rows: the matvec for one (decode), the tiled one for more.
-    pub fn for_rows(n_rows: u32) -> MatmulKind {
-        match n_rows {
-            1 => MatmulKind::Vec,
-            _ => MatmulKind::Tile,
+    /// The decode form `gpu` runs ([`Gpu::subgroup_matvec`]).
+    pub fn decode(gpu: &Gpu) -> MatmulKind {
+        if gpu.subgroup_matvec {
+            MatmulKind::Subgroup
+        } else {
+            MatmulKind::Vec
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             MatmulKind::Vec => "vec",
+            MatmulKind::Subgroup => "subgroup",
             MatmulKind::Tile => "tile",
         }
     }
 
-    /// Workgroup size, and the rows and columns of out one invocation computes (fixed in the
-    /// shader, which unrolls them by hand: lavapipe keeps loop-indexed register arrays in
-    /// memory).
+    /// The device features the form needs.
+    pub fn features(self) -> wgpu::Features {
+        match self {
+            MatmulKind::Subgroup => wgpu::Features::SUBGROUP,
+            MatmulKind::Vec | MatmulKind::Tile => wgpu::Features::empty(),
+        }
+    }
+
+    /// The matvec forms (one row of x per workgroup).
+    pub fn is_matvec(self) -> bool {
+        self != MatmulKind::Tile
+    }
+
+    /// Workgroup size, and the rows of x and the weight rows one workgroup computes (fixed in
+    /// the shader, which unrolls an invocation's share by hand: lavapipe keeps loop-indexed
+    /// register arrays in memory).
     fn block(self) -> (u32, u32, u32) {
         match self {
-            MatmulKind::Vec => (VEC_WG_SIZE, 1, 4),
-            MatmulKind::Tile => (TILE_WG_SIZE, 4, 8),
+            MatmulKind::Vec => (VEC_WG_SIZE, 1, 4 * VEC_WG_SIZE),
+            MatmulKind::Subgroup => (SUBGROUP_WG_SIZE, 1, SUBGROUP_WG_ROWS),
+            MatmulKind::Tile => (TILE_WG_SIZE, 4, 8 * TILE_WG_SIZE),
         }
     }
 }
@@ -370,6 +391,11 @@ impl MatmulKind {
 const VEC_WG_SIZE: u32 = 16;
 /// Measured on lavapipe (Q4_1, 128 rows, 576 -> 1536): 8, 16 and 32 within noise.
 const TILE_WG_SIZE: u32 = 16;
+/// Two subgroups of 32 (NVIDIA), one of 64 (AMD), eight of 8 (lavapipe): the shader's loops take
+/// any size.
+const SUBGROUP_WG_SIZE: u32 = 64;
+/// `WG_ROWS` in matmul.wgsl: 8 quads of weight rows, so that a subgroup of 32 lanes takes 4.
+const SUBGROUP_WG_ROWS: u32 = 32;
 
 /// Size of the vec kernel's uniform x (`X_VEC4S` in matmul.wgsl): 64 KiB, the smallest
 /// `max_uniform_buffer_binding_size` WebGPU allows. x buffers for vec kernels need
@@ -491,8 +517,10 @@ impl Variant {
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
         let mut defines = self.format.defines().to_vec();
-        if self.kind == MatmulKind::Vec {
-            defines.push("VEC");
+        match self.kind {
+            MatmulKind::Vec => defines.extend(["MATVEC", "UNIFORM_X"]),
+            MatmulKind::Subgroup => defines.extend(["MATVEC", "SUBGROUP"]),
+            MatmulKind::Tile => {}
         }
         defines.extend(self.epilogue.define());
         if self.prologue == Prologue::RmsNorm {
@@ -504,12 +532,13 @@ impl Variant {
             source: shader_source("matmul.wgsl", &defines)?,
             entry: "main",
             overrides: vec![("WG_SIZE".into(), f64::from(wg_size))],
+            features: self.kind.features(),
             bindings: [
                 Binding::Uniform,
                 Binding::Read,
                 match self.kind {
                     MatmulKind::Vec => Binding::Uniform,
-                    MatmulKind::Tile => Binding::Read,
+                    MatmulKind::Subgroup | MatmulKind::Tile => Binding::Read,
                 },
             ]
             .into_iter()
@@ -668,7 +697,7 @@ impl Matmul {
         };
         let x_bytes = (u64::from(first_row) + rows) * u64::from(n_in) * 4;
         let x_binding = match self.variant.kind {
-            MatmulKind::Tile => {
+            MatmulKind::Tile | MatmulKind::Subgroup => {
                 if x.size() < x_bytes {
                     return Err(too_small("x", x.size(), x_bytes));
                 }
@@ -757,9 +786,9 @@ impl Matmul {
     }
 
     /// The grid of `kind` with `epilogue` for `n_rows` rows and `n_out` outputs: one workgroup
-    /// per `WG_SIZE` invocations' worth of columns and rows (vec: 4 weight rows of 1 row of x
-    /// each; tile: 8 weight rows of 4; SwiGLU's outputs take two weight rows each), spilling
-    /// into y past the per-dimension limit.
+    /// per block of columns and rows (vec: 4 weight rows per invocation of 1 row of x; subgroup:
+    /// 32 weight rows of 1 row; tile: 8 weight rows per invocation of 4 rows; SwiGLU's outputs
+    /// take two weight rows each), spilling into y past the per-dimension limit.
     pub fn grid(
         gpu: &Gpu,
         kind: MatmulKind,
@@ -767,9 +796,9 @@ impl Matmul {
         n_rows: u32,
         n_out: u32,
     ) -> Result<[u32; 3], GpuError> {
-        let (wg_size, rows, weight_rows) = kind.block();
+        let (_, rows, weight_rows) = kind.block();
         let cols = weight_rows / epilogue.weight_rows_per_output();
-        let n_col_groups = u64::from(n_out).div_ceil(u64::from(wg_size * cols));
+        let n_col_groups = u64::from(n_out).div_ceil(u64::from(cols));
         let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(rows));
         grid(gpu, "matmul workgroups", n_col_groups * n_row_tiles)
     }

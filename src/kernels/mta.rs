@@ -373,6 +373,7 @@ impl Stage {
             source: shader_source("mta.wgsl", &[self.flag()])?,
             entry: "main",
             overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
+            features: wgpu::Features::empty(),
             bindings: self.bindings(),
         })
     }

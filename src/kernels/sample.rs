@@ -52,6 +52,7 @@ pub fn spec() -> Result<PipelineSpec, GpuError> {
         source: shader_source("sample.wgsl", &[])?,
         entry: "main",
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
+        features: wgpu::Features::empty(),
         bindings: vec![
             Binding::Uniform,
             Binding::Read,

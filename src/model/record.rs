@@ -79,7 +79,7 @@ impl<'a, 'p> Recorder<'a, 'p> {
         }
     }
 
-    /// The matvec form for one row (decode), the tiled form for more.
+    /// The decode form for one row, the tiled form for more.
     pub(super) fn matmul(
         &mut self,
         gpu: &Gpu,
@@ -87,21 +87,22 @@ impl<'a, 'p> Recorder<'a, 'p> {
         m: &MatmulDispatch,
         n_rows: u32,
     ) -> Result<()> {
-        self.matmul_as(gpu, part, m, MatmulKind::for_rows(n_rows), n_rows)
+        self.matmul_as(gpu, part, m, n_rows == 1, n_rows)
     }
 
-    /// The `kind` form of `m` for `n_rows` output rows.
+    /// The decode form of `m` if `decode` (x is one row), else the tiled one, for `n_rows`
+    /// output rows.
     pub(super) fn matmul_as(
         &mut self,
         gpu: &Gpu,
         part: Part,
         m: &MatmulDispatch,
-        kind: MatmulKind,
+        decode: bool,
         n_rows: u32,
     ) -> Result<()> {
-        let dispatch = match kind {
-            MatmulKind::Vec => &m.vec,
-            MatmulKind::Tile => &m.tile,
+        let (dispatch, kind) = match decode {
+            true => (&m.decode, m.decode_kind),
+            false => (&m.tile, MatmulKind::Tile),
         };
         let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.n_out)?;
         self.record(part, dispatch, grid);

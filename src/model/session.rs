@@ -97,9 +97,11 @@ struct Exchange {
     merge: Dispatch,
 }
 
-/// The decode (matvec) and prefill (tiled) forms of one matmul.
+/// The decode (matvec: vec or subgroup, as the device prefers) and prefill (tiled) forms of one
+/// matmul.
 pub(super) struct MatmulDispatch {
-    pub(super) vec: Dispatch,
+    pub(super) decode: Dispatch,
+    pub(super) decode_kind: MatmulKind,
     pub(super) tile: Dispatch,
     pub(super) epilogue: Epilogue,
     pub(super) n_out: u32,
@@ -335,6 +337,7 @@ impl Session {
         // `n_rows` is the most rows the tiled form will be given; decode uses one. `gamma`:
         // the norm before it, if any.
         let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
+        let decode_kind = MatmulKind::decode(&gpu);
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
                       x: &wgpu::Buffer,
@@ -350,7 +353,7 @@ impl Session {
             };
             let make = |kind| -> Result<Dispatch> {
                 let kernel = Matmul::new(&gpu, weight.format, kind, prologue, epilogue)?;
-                let rows = if kind == MatmulKind::Vec { 1 } else { n_rows };
+                let rows = if kind.is_matvec() { 1 } else { n_rows };
                 let binding = arena.binding(slot);
                 let inputs = Inputs {
                     weight: &weight.buffer,
@@ -368,7 +371,8 @@ impl Session {
                 })
             };
             Ok(MatmulDispatch {
-                vec: make(MatmulKind::Vec)?,
+                decode: make(decode_kind)?,
+                decode_kind,
                 tile: make(MatmulKind::Tile)?,
                 epilogue,
                 n_out,
@@ -1310,9 +1314,8 @@ impl Session {
             } else {
                 1
             };
-            // x holds every row of the step: the vec form reads from its first row only.
-            let kind = MatmulKind::for_rows(rows);
-            recorder.matmul_as(gpu, Part::Head, &self.head, kind, head_rows)?;
+            // x holds every row of the step: the decode form is bound to its first row only.
+            recorder.matmul_as(gpu, Part::Head, &self.head, rows == 1, head_rows)?;
         }
         if matches!(head, Head::Sample(_)) {
             recorder.record(Part::Sample, &self.sample, self.sample.workgroups);

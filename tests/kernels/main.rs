@@ -76,10 +76,13 @@ fn open_gpu_failed(e: sinkstar::gpu::GpuError) -> ! {
 pub async fn gpu() -> &'static Gpu {
     use std::sync::OnceLock;
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    // Blocking is fine here: native tests run their bodies under pollster.
-    GPU.get_or_init(|| {
-        Gpu::new_blocking(&GpuOptions::default()).unwrap_or_else(|e| open_gpu_failed(e))
-    })
+    // Blocking is fine here: native tests run their bodies under pollster. With subgroups
+    // (lavapipe has them), so that the subgroup matvec is tested against its reference too.
+    let options = GpuOptions {
+        subgroup_matvec: Some(true),
+        ..GpuOptions::default()
+    };
+    GPU.get_or_init(|| Gpu::new_blocking(&options).unwrap_or_else(|e| open_gpu_failed(e)))
 }
 
 /// The device every test of the page shares. wgpu's web types are neither `Send` nor `Sync`,

@@ -15,6 +15,7 @@ use sinkstar::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
 use sinkstar::generate::document::ContextEncoding;
 use sinkstar::generate::{generate, Chat, GenerateOptions, SamplingParams, StopReason};
 use sinkstar::gpu::{list_adapters, Gpu, GpuOptions};
+use sinkstar::kernels::matmul::MatmulKind;
 use sinkstar::model::gguf::Gguf;
 use sinkstar::model::hf::{load_hf_dir, HfConfig};
 use sinkstar::model::{default_model_path, GpuModel, Session, SessionOptions};
@@ -39,8 +40,20 @@ pub struct Cli {
     /// Adapter index as listed by `sinkstar info` [default: the best one]
     #[arg(long, global = true)]
     pub adapter: Option<usize>,
+    /// Decode's matvec form: `subgroup` (subgroup operations, fails on an adapter without
+    /// them), `vec` (one invocation per weight row), or `auto`: subgroup on GPUs that have them,
+    /// vec on CPU drivers such as lavapipe
+    #[arg(long, global = true, value_enum, default_value_t = Matvec::Auto)]
+    pub matvec: Matvec,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Matvec {
+    Auto,
+    Vec,
+    Subgroup,
 }
 
 #[derive(Subcommand)]
@@ -284,11 +297,20 @@ impl Loaded {
 }
 
 pub fn gpu(cli: &Cli) -> anyhow::Result<Arc<Gpu>> {
-    let options = GpuOptions {
+    Ok(Arc::new(Gpu::new_blocking(&gpu_options(cli, cli.adapter))?))
+}
+
+/// The device options the flags give, on `adapter`.
+pub fn gpu_options(cli: &Cli, adapter: Option<usize>) -> GpuOptions {
+    GpuOptions {
         backend: cli.backend.clone(),
-        adapter: cli.adapter,
-    };
-    Ok(Arc::new(Gpu::new_blocking(&options)?))
+        adapter,
+        subgroup_matvec: match cli.matvec {
+            Matvec::Auto => None,
+            Matvec::Vec => Some(false),
+            Matvec::Subgroup => Some(true),
+        },
+    }
 }
 
 fn model_path(cli: &Cli) -> PathBuf {
@@ -319,13 +341,7 @@ pub fn gpus(cli: &Cli, n: usize) -> anyhow::Result<Vec<Arc<Gpu>>> {
     };
     indices
         .into_iter()
-        .map(|adapter| {
-            let options = GpuOptions {
-                backend: cli.backend.clone(),
-                adapter,
-            };
-            Ok(Arc::new(Gpu::new_blocking(&options)?))
-        })
+        .map(|adapter| Ok(Arc::new(Gpu::new_blocking(&gpu_options(cli, adapter))?)))
         .collect()
 }
 
@@ -663,8 +679,11 @@ fn info(cli: &Cli) -> anyhow::Result<()> {
     let gpu = gpu(cli)?;
     let l = &gpu.limits;
     println!(
-        "chosen: {} ({:?}, {:?})",
-        gpu.info.name, gpu.info.backend, gpu.info.device_type
+        "chosen: {} ({:?}, {:?}), decode matvec: {}",
+        gpu.info.name,
+        gpu.info.backend,
+        gpu.info.device_type,
+        MatmulKind::decode(&gpu).name()
     );
     println!(
         "limits: storage binding {} MiB, buffer {} MiB, {} storage buffers/stage, \

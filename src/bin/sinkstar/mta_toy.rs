@@ -11,11 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use sinkstar::attention::AttentionPolicy;
 use sinkstar::generate::SamplingParams;
-use sinkstar::gpu::{Gpu, GpuOptions};
+use sinkstar::gpu::Gpu;
 use sinkstar::model::hf::load_hf_dir;
 use sinkstar::model::{sinkstar_home, Session, SessionOptions};
 
-use crate::cli::Cli;
+use crate::cli::{self, Cli};
 
 /// Token ids of scripts/mta_toy.py: "." "?" "=" then the letters.
 const SYMBOLS: [char; 3] = ['.', '?', '='];
@@ -86,10 +86,7 @@ pub fn mta_toy(cli: &Cli, args: &MtaToyArgs) -> anyhow::Result<()> {
         }
     }
     puzzles.truncate(args.limit.unwrap_or(usize::MAX));
-    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions {
-        backend: cli.backend.clone(),
-        adapter: cli.adapter,
-    })?);
+    let gpu = Arc::new(Gpu::new_blocking(&cli::gpu_options(cli, cli.adapter))?);
     let greedy = SamplingParams::greedy();
     let mut answers = Vec::new();
     let mut results = serde_json::Map::new();
