@@ -174,6 +174,8 @@ pub const TILE_ROWS_PER_THREAD: u32 = 4;
 
 /// Widest head the tiled form serves (a multiple of 4): its private arrays have a constant size.
 pub const TILE_MAX_HEAD_DIM: u32 = 128;
+/// The widest head the row form serves (`MAX_UNITS` pairs in attention.wgsl).
+pub const ROW_MAX_HEAD_DIM: u32 = 128;
 
 /// Most query heads per kv head the tiled form serves (`TILE_ROWS * 16` = 256 threads, the
 /// smallest `max_compute_invocations_per_workgroup` WebGPU allows).
@@ -182,9 +184,10 @@ pub const TILE_MAX_GROUP: u32 = 16;
 /// One pipeline variant of the two forms (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Decode: one workgroup per (row, head), `wg_size` threads sharing its slots, workgroup
-    /// arrays for heads up to `max_head_dim`.
-    Row { max_head_dim: u32, wg_size: u32 },
+    /// Decode: one workgroup per (row, head), `wg_size` threads sharing its slots; loops over
+    /// exactly `head_dim` (even; read as quads where it is a multiple of 4, else as pairs), a
+    /// constant per pipeline.
+    Row { head_dim: u32, wg_size: u32 },
     /// Prefill: one workgroup per ([`TILE_ROWS`] rows, kv head), one thread per query of the
     /// `group` query heads that share the kv head; loops over exactly `head_dim` (a multiple of
     /// 4, read as vec4s), a constant per pipeline.
@@ -192,47 +195,35 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// Both row variants keep the accumulators (`wg_size * max_head_dim` f32) at 16 KiB, half of
-    /// SwiftShader's 32 KiB of workgroup memory: 64 threads for the default model's 64-wide heads,
-    /// 32 for heads up to 128. Picked by [`Variant::row_for`], smallest first.
-    pub const ROWS: [Variant; 2] = [
-        Variant::Row {
-            max_head_dim: 64,
-            wg_size: 64,
-        },
-        Variant::Row {
-            max_head_dim: 128,
-            wg_size: 32,
-        },
-    ];
-
-    /// The row variants, and tiled ones for the head widths and GQA groupings of the tests and
-    /// common models (the shader source is the same for all; the overrides differ).
+    /// The row and tiled variants for the head widths (and GQA groupings) of the tests and
+    /// common models, and a row variant for a head of an odd number of pairs; others are built
+    /// when asked for (the shader source is the same for all; the overrides differ).
     pub fn all() -> Vec<Variant> {
-        let tiles = [16, 64, 80, 128].into_iter().flat_map(|head_dim| {
+        let head_dims = [16, 64, 80, 128];
+        let rows = [6]
+            .into_iter()
+            .chain(head_dims)
+            .map(|head_dim| Variant::row_for(head_dim).expect("an even head_dim within the limit"));
+        let tiles = head_dims.into_iter().flat_map(|head_dim| {
             [1, 2, 3, 4, 8, TILE_MAX_GROUP]
                 .into_iter()
                 .map(move |group| Variant::Tile { head_dim, group })
         });
-        Variant::ROWS.into_iter().chain(tiles).collect()
+        rows.chain(tiles).collect()
     }
 
-    /// The smallest row variant that holds `head_dim`.
+    /// The row variant for `head_dim` (even, at most [`ROW_MAX_HEAD_DIM`]): 64 threads up to
+    /// 64-wide heads, 32 above, so that the merge's accumulators (`wg_size * head_dim` f32) stay
+    /// within 16 KiB, half of SwiftShader's 32 KiB of workgroup memory.
     pub fn row_for(head_dim: u32) -> Result<Variant, AttentionError> {
-        let largest = Variant::ROWS[Variant::ROWS.len() - 1].max_head_dim();
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > ROW_MAX_HEAD_DIM {
             return Err(AttentionError::HeadDim {
                 head_dim,
-                max: largest,
+                max: ROW_MAX_HEAD_DIM,
             });
         }
-        Variant::ROWS
-            .into_iter()
-            .find(|v| head_dim <= v.max_head_dim())
-            .ok_or(AttentionError::HeadDim {
-                head_dim,
-                max: largest,
-            })
+        let wg_size = if head_dim <= 64 { 64 } else { 32 };
+        Ok(Variant::Row { head_dim, wg_size })
     }
 
     /// The tiled variant for `n_heads` query heads over `n_kv_heads` kv heads of `head_dim`.
@@ -265,7 +256,7 @@ impl Variant {
 
     pub fn max_head_dim(&self) -> u32 {
         match *self {
-            Variant::Row { max_head_dim, .. } => max_head_dim,
+            Variant::Row { .. } => ROW_MAX_HEAD_DIM,
             Variant::Tile { .. } => TILE_MAX_HEAD_DIM,
         }
     }
@@ -279,25 +270,18 @@ impl Variant {
 
     pub fn label(&self) -> String {
         match *self {
-            Variant::Row {
-                max_head_dim,
-                wg_size,
-            } => format!("attention_hd{max_head_dim}_wg{wg_size}"),
+            Variant::Row { head_dim, wg_size } => format!("attention_hd{head_dim}_wg{wg_size}"),
             Variant::Tile { head_dim, group } => format!("attention_tile_hd{head_dim}_g{group}"),
         }
     }
 
-    /// Workgroup memory the shader declares: the row form's `q_rot` and `acc` (pairs of f32)
+    /// Workgroup memory the shader declares: the row form's `merged` (a head of f32 per thread)
     /// and two per-thread f32 arrays; the tiled form has none.
     pub fn workgroup_bytes(&self) -> u64 {
         match *self {
-            Variant::Row {
-                max_head_dim,
-                wg_size,
-            } => {
-                let half = u64::from(max_head_dim / 2);
+            Variant::Row { head_dim, wg_size } => {
                 let wg = u64::from(wg_size);
-                (half + wg * half) * 8 + 2 * wg * 4
+                wg * u64::from(head_dim) * 4 + 2 * wg * 4
             }
             Variant::Tile { .. } => 0,
         }
@@ -334,22 +318,24 @@ impl Variant {
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
         let (source, overrides) = match *self {
-            Variant::Row {
-                max_head_dim,
-                wg_size,
-            } => {
-                let half = max_head_dim / 2;
+            Variant::Row { head_dim, wg_size } => {
+                // Quads where the head allows: half the loads of pairs.
+                let (defines, units): (&[&str], u32) = if head_dim.is_multiple_of(4) {
+                    (&["QUAD"], head_dim / 4)
+                } else {
+                    (&[], head_dim / 2)
+                };
                 (
-                    shader_source("attention.wgsl", &[])?,
+                    shader_source("attention.wgsl", defines)?,
                     vec![
                         ("WG_SIZE".into(), f64::from(wg_size)),
-                        ("MAX_HALF_DIM".into(), f64::from(half)),
-                        ("ACC_ELEMS".into(), f64::from(wg_size * half)),
+                        ("UNITS".into(), f64::from(units)),
+                        ("ACC_ELEMS".into(), f64::from(wg_size * units)),
                     ],
                 )
             }
             Variant::Tile { head_dim, group } => (
-                shader_source("attention.wgsl", &["TILE"])?,
+                shader_source("attention.wgsl", &["TILE", "QUAD"])?,
                 vec![
                     ("GROUP".into(), f64::from(group)),
                     ("QUADS".into(), f64::from(head_dim / 4)),
@@ -472,15 +458,18 @@ impl Attention {
         buffers: &Buffers,
     ) -> Result<Dispatch, AttentionError> {
         params.validate(self.variant.max_head_dim())?;
-        if let Variant::Tile { head_dim, group } = self.variant {
-            if params.n_heads / params.n_kv_heads != group || params.head_dim != head_dim {
-                return Err(AttentionError::VariantShape {
-                    variant: self.variant.label(),
-                    n_heads: params.n_heads,
-                    n_kv_heads: params.n_kv_heads,
-                    head_dim: params.head_dim,
-                });
-            }
+        // A pipeline serves one head width (and the tiled form one GQA grouping).
+        let (head_dim, group) = match self.variant {
+            Variant::Row { head_dim, .. } => (head_dim, params.n_heads / params.n_kv_heads),
+            Variant::Tile { head_dim, group } => (head_dim, group),
+        };
+        if params.n_heads / params.n_kv_heads != group || params.head_dim != head_dim {
+            return Err(AttentionError::VariantShape {
+                variant: self.variant.label(),
+                n_heads: params.n_heads,
+                n_kv_heads: params.n_kv_heads,
+                head_dim: params.head_dim,
+            });
         }
         let hd = u64::from(params.head_dim);
         let rows = u64::from(params.n_rows) * u64::from(params.n_heads) * hd;

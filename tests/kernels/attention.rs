@@ -385,6 +385,30 @@ fn repack_oracle(case: &Case, inputs: &Inputs) -> Vec<f32> {
     out
 }
 
+gpu_test!(attention_row_form_reads_pairs_where_quads_do_not_fit);
+async fn attention_row_form_reads_pairs_where_quads_do_not_fit(gpu: &Gpu) {
+    // Heads of an odd number of pairs (6, 10 values) take the row form's pair path; the tiled
+    // form (quads only) refuses them, so only the row form is compared here.
+    let mut rng = rng(22);
+    for head_dim in [6, 10] {
+        assert!(Variant::tile_for(head_dim as u32, 9, 3).is_err());
+        for (n_tokens, n_rows) in [(1, 1), (100, 1), (300, 5)] {
+            let case = dense_case(&mut rng, n_rows, (9, 3), head_dim, n_tokens);
+            let inputs = case.random_inputs(&mut rng);
+            let row = Variant::row_for(head_dim as u32).unwrap();
+            let (got, got_lse) = case.run_variant(gpu, &inputs, row).await;
+            let (want, want_lse) = case.run_cpu_with_lse(&inputs);
+            assert_close(&case.label(), &got, &want, TOL_ATTENTION);
+            assert_close(
+                &format!("{} lse", case.label()),
+                &got_lse,
+                &want_lse,
+                TOL_ATTENTION,
+            );
+        }
+    }
+}
+
 gpu_test!(attention_dense_matches_cpu);
 async fn attention_dense_matches_cpu(gpu: &Gpu) {
     let mut rng = rng(21);
