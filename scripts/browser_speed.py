@@ -7,9 +7,10 @@ prefill includes compiling every pipeline on first use (Chromium: WGSL to SPIR-V
 SwiftShader's JIT). The browser's later turns (long prompts, short replies, pipelines warm)
 give its steady prefill and decode rates. Needs target/debug/sinkstar, pkg/wasm (scripts/
 build-wasm.sh) and tests/browser/node_modules.
-Usage: python3 scripts/browser_speed.py [--long] [--from FILE]
+Usage: python3 scripts/browser_speed.py [--long] [--from FILE] [--save FILE]
   --long       the e2e test's --long run (default 4 + 2044 ring, past 2,400 tokens)
   --from FILE  the JSON line an earlier e2e run printed, instead of running it
+  --save FILE  keep this run's JSON line there (for --from)
 """
 
 import argparse
@@ -29,6 +30,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", action="store_true")
     p.add_argument("--from", dest="source", type=pathlib.Path)
+    p.add_argument("--save", type=pathlib.Path)
     args = p.parse_args()
     if args.source:
         out = args.source.read_text()
@@ -37,7 +39,11 @@ def main():
         cmd = ["node", "tests/browser/e2e.mjs"] + (["--long"] if args.long else [])
         out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE,
                              text=True).stdout
-    run = json.loads(out.strip().splitlines()[-1])
+    line = out.strip().splitlines()[-1]
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(line + "\n")
+    run = json.loads(line)
     browser, native, turns = run["browser"], run["native"], run["turns"]
     print(f"Browser: {run['adapter']}; native: {native['adapter']} (Vulkan).\n")
     print("| | prompt tokens | prefill s | prefill tok/s | decode tok/s |")

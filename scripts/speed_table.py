@@ -84,7 +84,8 @@ def main():
     for name, a, b in rows:
         print(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
     n_layers = ours.get("layers")
-    per_layer = f" ({(ours['decode_dispatches'] - 4) / n_layers:.1f} per layer)" if n_layers else ""
+    # Besides the layers: the embedding, the LM head (with the final norm) and the sampler.
+    per_layer = f" ({(ours['decode_dispatches'] - 3) / n_layers:g} per layer)" if n_layers else ""
     print(f"\nsinkstar decode: {ours['decode_dispatches']} dispatches{per_layer} and "
           f"{ours['decode_submissions_per_token']:g} submission(s) per token; "
           f"{ours['weight_bytes_per_token'] / 1e6:.1f} MB of weights read per token, "

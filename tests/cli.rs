@@ -514,3 +514,25 @@ fn matvec_flag_chooses_the_decode_form() {
     let out = sinkstar(&["--matvec", "simd", "info"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `sinkstar info | head -0`: the reader is gone before the first line is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sinkstar"))
+        .arg("info")
+        .env(
+            "WGPU_BACKEND",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "vulkan".into()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    // Ended by SIGPIPE (13 on Linux and macOS), not by a panic's exit code.
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}
