@@ -166,10 +166,22 @@ export interface Chat {
   dispose(): void;
 }
 
+/** From `model.bandwidth()`: the yardsticks `sinkstar bench` measures natively. */
+export interface Bandwidth {
+  /** Bytes per second the adapter reads from one large buffer (the `stream` kernel). */
+  streamBytesPerSec: number;
+  /** Seconds a dispatch costs beyond its work. */
+  dispatchOverheadSecs: number;
+  /** Bytes of weights one decoded token reads: times a decode rate, decode's bandwidth. */
+  weightBytesPerToken: number;
+}
+
 /** A model on the GPU. */
 export interface Model {
   /** The adapter, the model's shape and the GPU memory in use. */
   info(): Promise<ModelInfo>;
+  /** What the adapter streams and what a decoded token reads (a few seconds of GPU work). */
+  bandwidth(): Promise<Bandwidth>;
   /** A new conversation; bad options reject its first call (code 'options'). */
   chat(options?: ChatOptions): Chat;
   /** Frees the model and its chats; later calls throw code 'disposed'. */

@@ -59,6 +59,14 @@ def main():
     decode = sum(t["decodeSecs"] for t in turns)
     print(f"| Chromium SwiftShader, {len(turns)} later turns | {prompt} | {prefill:.2f} | "
           f"{rate(prompt, prefill):.1f} | {rate(decoded, decode):.2f} |")
+    bandwidth = run.get("bandwidth")
+    if bandwidth:
+        stream = bandwidth["streamBytesPerSec"]
+        weights = bandwidth["weightBytesPerToken"] * rate(decoded, decode)
+        print(f"\nIn the browser: the adapter streams {stream / 1e9:.2f} GB/s (the stream kernel); the "
+              f"later turns' decode reads {weights / 1e9:.2f} GB/s of weights "
+              f"({bandwidth['weightBytesPerToken'] / 1e6:.1f} MB per token), {100 * weights / stream:.0f}% "
+              f"of it; a dispatch costs {bandwidth['dispatchOverheadSecs'] * 1e6:.0f} us beyond its work.")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 //   data-tokens and data-token-ids (JSON), then data-done="true" when its reply has ended.
 // - URL parameters: model, policy, sinks, window, keepSystem, system, temperature, topP,
 //   maxTokens (initial settings);
-// - window.sinkstarDemo: { modelInfo, lastInfo } (model.info(), and chat.info() after the
+// - window.sinkstarDemo: { modelInfo, lastInfo, bandwidth() } (model.info(), and chat.info() after the
 //   last reply, reset or new chat), for tests that report speeds.
 
 import { RingView } from './ring.js';
@@ -47,8 +47,9 @@ const els = {
   applyNote: $('apply-note'),
 };
 const WELCOME = els.emptyHint.textContent;
-/** For tests and the console: the latest model.info() and chat.info(). */
-const demo = { modelInfo: null, lastInfo: null };
+/** For tests and the console: the latest model.info() and chat.info(), and the adapter's
+ * bandwidth (model.bandwidth()) on request. */
+const demo = { modelInfo: null, lastInfo: null, bandwidth: () => model.bandwidth() };
 window.sinkstarDemo = demo;
 const ring = new RingView($('ring'), $('ring-stats'), $('ring-why'));
 

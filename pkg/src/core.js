@@ -242,6 +242,16 @@ export class Model {
   }
 
   /**
+   * The adapter's streaming read bandwidth, the cost of a dispatch and the weight bytes a
+   * decoded token reads (a few seconds of GPU work): with a chat's decode rate, how close
+   * decoding comes to what the adapter can stream.
+   * @returns {Promise<object>}
+   */
+  async bandwidth() {
+    return JSON.parse(await this.#live().bandwidth());
+  }
+
+  /**
    * A new conversation with its own KV cache. Bad options surface on the chat's first await.
    * @param {object} [options]
    * @returns {Chat}

@@ -118,6 +118,14 @@ export class WorkerModel {
   }
 
   /**
+   * The adapter's streaming bandwidth, the cost of a dispatch and the weight bytes per token.
+   * @returns {Promise<object>}
+   */
+  bandwidth() {
+    return this.#link.request({ type: 'bandwidth' }).done;
+  }
+
+  /**
    * A new conversation, created in the worker; bad options surface on the chat's first await.
    * @param {object} [options]
    * @returns {WorkerChat}

@@ -55,6 +55,8 @@ self.onmessage = async ({ data: m }) => {
         return answer('done');
       case 'info':
         return answer('done', { value: await /** @type {any} */ (model).info() });
+      case 'bandwidth':
+        return answer('done', { value: await /** @type {any} */ (model).bandwidth() });
       case 'chat':
         chats.set(m.chat, /** @type {any} */ (model).chat(m.options));
         return;

@@ -17,6 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
 use crate::generate::{Chat, GenerateOptions, SamplingParams};
 use crate::gpu::{Gpu, GpuOptions};
+use crate::kernels::stream::{dispatch_overhead, stream_bandwidth};
 use crate::model::gguf::Gguf;
 use crate::model::{GpuModel, Session, SessionOptions};
 use crate::tokenizer::chat::ChatTemplate;
@@ -111,6 +112,29 @@ impl WasmModel {
             "gpuBytes": gpu.allocated_bytes(),
         })
         .to_string()
+    }
+
+    /// The yardsticks `sinkstar bench` measures natively, as JSON: the device's streaming read
+    /// bandwidth (`streamBytesPerSec`, the `stream` kernel reading one large buffer), the cost
+    /// of a dispatch beyond its work (`dispatchOverheadSecs`) and the bytes of weights a decoded
+    /// token reads (`weightBytesPerToken`): with a chat's decode rate, how close decoding comes
+    /// to what the adapter can stream. Takes a few seconds on a slow adapter.
+    pub fn bandwidth(&self) -> js_sys::Promise {
+        let model = self.model.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let gpu = model.gpu();
+            // One untimed run and the median of 3, as `sinkstar bench --repeat 3`.
+            let stream = stream_bandwidth(gpu, 3).await.map_err(Error::from)?;
+            let overhead = dispatch_overhead(gpu, 3).await.map_err(Error::from)?;
+            Ok(JsValue::from_str(
+                &serde_json::json!({
+                    "streamBytesPerSec": stream,
+                    "dispatchOverheadSecs": overhead,
+                    "weightBytesPerToken": model.weight_bytes_per_token(),
+                })
+                .to_string(),
+            ))
+        })
     }
 
     /// A new conversation; `options` is a [`ChatOptions`] as JSON.

@@ -186,7 +186,9 @@ async function chat(base, native) {
       fail(`the ring did not wrap as expected: ${JSON.stringify(state)}`);
     }
     await page.screenshot({ path: path.join(outDir, 'demo-wrapped.png') });
-    return { adapter, info, turns };
+    // The adapter's streaming bandwidth, for decode's share of it (scripts/browser_speed.py).
+    const bandwidth = await page.evaluate(() => window.sinkstarDemo.bandwidth());
+    return { adapter, info, turns, bandwidth };
   } finally {
     await context.close();
   }
@@ -198,8 +200,8 @@ try {
   log(`serving at ${base}`);
   const native = nativeReply();
   await noWebgpu(base);
-  const { adapter, info, turns } = await chat(base, native);
-  console.log(JSON.stringify({ adapter, browser: info.last, turns, native }));
+  const { adapter, info, turns, bandwidth } = await chat(base, native);
+  console.log(JSON.stringify({ adapter, browser: info.last, turns, native, bandwidth }));
   log('passed');
 } catch (e) {
   log(`FAILED: ${e.message}`);

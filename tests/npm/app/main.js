@@ -162,6 +162,14 @@ async function main() {
   expect(worker.phases.gpu && worker.phases.gpu.loaded === worker.phases.gpu.total, 'the gpu phase to finish');
   const workerInfo = await step('worker model info', () => worker.model.info());
   expect(workerInfo.model.layers === info.model.layers, 'the same model');
+  const bandwidth = await step('worker bandwidth', () => worker.model.bandwidth());
+  expect(
+    bandwidth.streamBytesPerSec > 0 && bandwidth.dispatchOverheadSecs > 0,
+    `a measured bandwidth and dispatch cost: ${JSON.stringify(bandwidth)}`,
+  );
+  // Every matrix is read once per token (a tied embedding also once more, for its row).
+  const ratio = bandwidth.weightBytesPerToken / workerInfo.gpuBytes;
+  expect(ratio > 0.9 && ratio < 1.1, `about the model's bytes read per token: ${ratio}`);
 
   const inWorker = await step(
     'worker greedy reply',
