@@ -27,8 +27,8 @@ pub const EMPTY_SLOT: u32 = u32::MAX;
 /// literal) that `attention_merge` treats as an empty partition.
 pub const EMPTY_LSE: f32 = -3.0e38;
 
-/// Errors of the attention kernels (attention and kv_write): shapes the kernels cannot run and
-/// buffers too small for the shape.
+/// Errors of the attention kernels (attention and attention_merge): shapes the kernels cannot
+/// run and buffers too small for the shape.
 #[derive(Debug, thiserror::Error)]
 pub enum AttentionError {
     #[error("attention: head_dim {head_dim} must be even and between 2 and {max}")]
@@ -373,7 +373,8 @@ pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
 pub struct Buffers<'a> {
     /// `[n_rows, n_heads, head_dim]`, raw (un-rotated) queries.
     pub q: &'a wgpu::Buffer,
-    /// `[capacity, n_kv_heads, head_dim]`, raw keys as written by kv_write.
+    /// `[capacity, n_kv_heads, head_dim]`, raw keys as the q/k/v matmul writes them
+    /// (`matmul::Epilogue::Split`).
     pub k_cache: &'a wgpu::Buffer,
     /// `[capacity, n_kv_heads, head_dim]`.
     pub v_cache: &'a wgpu::Buffer,
