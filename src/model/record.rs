@@ -104,7 +104,7 @@ impl<'a, 'p> Recorder<'a, 'p> {
             true => (&m.decode, m.decode_kind),
             false => (&m.tile, MatmulKind::Tile),
         };
-        let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.n_out)?;
+        let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.shape.n_out)?;
         self.record(part, dispatch, grid);
         Ok(())
     }

@@ -104,7 +104,8 @@ pub(super) struct MatmulDispatch {
     pub(super) decode_kind: MatmulKind,
     pub(super) tile: Dispatch,
     pub(super) epilogue: Epilogue,
-    pub(super) n_out: u32,
+    /// The shape bound (the tiled form's rows): each step sets it with its own rows.
+    pub(super) shape: matmul::Params,
 }
 
 /// Where a matmul of the forward pass writes: one buffer, or q and the KV cache
@@ -347,24 +348,29 @@ impl Session {
                       epilogue: Epilogue|
          -> Result<MatmulDispatch> {
             let n_out = weight.n_out / epilogue.weight_rows_per_output();
+            let shape = match out {
+                Target::Cache(_) => {
+                    matmul::Params::split_qkv(n_rows, weight.n_in, q_dim, kv_dim, cap as u32)
+                }
+                Target::Out(_) => matmul::Params::new(n_rows, weight.n_in, n_out),
+            }
+            .with_eps(c.rms_eps);
             let prologue = match gamma {
                 Some(_) => Prologue::RmsNorm,
                 None => Prologue::Raw,
             };
-            let make = |kind| -> Result<Dispatch> {
+            let make = |kind: MatmulKind| -> Result<Dispatch> {
                 let kernel = Matmul::new(&gpu, weight.format, kind, prologue, epilogue)?;
-                let rows = if kind.is_matvec() { 1 } else { n_rows };
+                let n_rows = if kind.is_matvec() { 1 } else { n_rows };
+                let shape = matmul::Params { n_rows, ..shape };
                 let binding = arena.binding(slot);
                 let inputs = Inputs {
                     weight: &weight.buffer,
                     x,
                     gamma,
                 };
-                let shape = matmul::Params::new(rows, weight.n_in, n_out).with_eps(c.rms_eps);
                 Ok(match out {
                     Target::Cache(outputs) => {
-                        let shape =
-                            matmul::Params::split_qkv(rows, weight.n_in, q_dim, kv_dim, cap as u32);
                         kernel.dispatch_split(&gpu, binding, inputs, outputs, shape)?
                     }
                     Target::Out(out) => kernel.dispatch(&gpu, binding, inputs, out, shape)?,
@@ -375,7 +381,7 @@ impl Session {
                 decode_kind,
                 tile: make(MatmulKind::Tile)?,
                 epilogue,
-                n_out,
+                shape,
             })
         };
         let p = &params;
@@ -1195,20 +1201,21 @@ impl Session {
         let p = &self.params;
         let arena = &mut self.arena;
         arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
-        let l0 = &model.layers[0];
-        let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
-        let (n_in, capacity) = (c.dim as u32, self.slots.capacity() as u32);
-        let qkv = matmul::Params::split_qkv(rows, n_in, q_dim, kv_dim, capacity);
-        arena.set(p.qkv, &qkv.with_eps(c.rms_eps))?;
-        for (slot, w, rows_per_output) in [
-            (p.o, &l0.wo, 1),
-            // SwiGLU's outputs: one per (gate, up) pair of rows.
-            (p.gate_up, &l0.w_gate_up, 2),
-            (p.down, &l0.w_down, 1),
+        // Every layer's matmuls share their slots: the shapes bound in layer 0, with this step's rows.
+        let l0 = &self.layers[0];
+        for (slot, m) in [
+            (p.qkv, &l0.qkv),
+            (p.o, &l0.o),
+            (p.gate_up, &l0.gate_up),
+            (p.down, &l0.down),
         ] {
-            let n_out = w.n_out / rows_per_output;
-            let shape = matmul::Params::new(rows, w.n_in, n_out).with_eps(c.rms_eps);
-            arena.set(slot, &shape)?;
+            arena.set(
+                slot,
+                &matmul::Params {
+                    n_rows: rows,
+                    ..m.shape
+                },
+            )?;
         }
         // The LM head reads the last row only, or every row for `AllLogits`.
         let head_rows = if matches!(head, Head::AllLogits) {
@@ -1216,11 +1223,11 @@ impl Session {
         } else {
             1
         };
-        let head_w = model.head();
-        let head_shape = matmul::Params::new(head_rows, head_w.n_in, head_w.n_out)
-            .with_eps(c.rms_eps)
-            .from_row(rows - head_rows);
-        arena.set(p.head, &head_shape)?;
+        let head_shape = matmul::Params {
+            n_rows: head_rows,
+            ..self.head.shape
+        };
+        arena.set(p.head, &head_shape.from_row(rows - head_rows))?;
         arena.set(
             p.attention,
             &attention::Params {

@@ -419,9 +419,9 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
 
     // A split kernel given one output, and a split that leaves unequal k and v.
     let split = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Split);
-    let w3 = upload_weight(gpu, "w3", format, &random_weight(1, format, 64, 3)).unwrap();
+    let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
     let e = split
-        .dispatch(gpu, arena.binding(slot), raw(&w3, &x), &out, shape)
+        .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, shape)
         .err()
         .expect("one output for three is rejected");
     assert!(
@@ -443,7 +443,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         slots: &out,
     };
     let e = split
-        .dispatch_split(gpu, arena.binding(slot), raw(&w3, &x), caches, uneven)
+        .dispatch_split(gpu, arena.binding(slot), raw(&weight, &x), caches, uneven)
         .err()
         .expect("k and v of unequal widths are rejected");
     assert!(
@@ -459,7 +459,6 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     );
 
     // A SwiGLU kernel given a plain [3, 64] weight: it needs the stacked [6, 64].
-    let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
     let swiglu = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Swiglu);
     let e = swiglu
         .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, shape)
