@@ -9,10 +9,13 @@
 // the anchor's and the rows' block's slots are two ranges found by binary search, and only those are
 // walked, so a row costs O(anchor + block), not O(n_slots).
 // Two forms:
-//   row (decode: one or a few rows): one workgroup per (row, head). Thread j walks slots j, j + WG_SIZE, …
-//     with its own online-softmax state (running max, sum, accumulator, in private memory) and no
-//     barrier; the WG_SIZE states are merged once at the end. Each key is rotated at its cache
-//     position k_pos(u|t).
+//   row (decode: one or a few rows): one workgroup per (part, row, head). The row's walk is cut into
+//     n_parts even, contiguous shares (flash-decoding's split over the cache: a long cache keeps a
+//     GPU's many cores busy though a decoded row has only a few heads); with n_parts > 1 each part
+//     writes its partial output and LSE at [part, row, head] for attention_merge.wgsl to combine.
+//     Thread j walks its part's slots j, j + WG_SIZE, … with its own online-softmax state (running
+//     max, sum, accumulator, in private memory) and no barrier; the WG_SIZE states are merged once at
+//     the end. Each key is rotated at its cache position k_pos(u|t).
 //   TILE (prefill): one workgroup per (TILE_ROWS rows, kv head), each thread owning ROWS_PER_THREAD rows
 //     of one head of the group; no workgroup memory and no barrier. Every thread walks the same slots in
 //     the same order, so a key, its rotation and its value are loaded at one address for the whole
@@ -47,7 +50,8 @@ struct Params {
     scale: f32,
     block: u32,
     anchor: u32,
-    _pad0: u32,
+    // Row form: shares of each row's walk (>= 1); the tiled form takes 1.
+    n_parts: u32,
 }
 
 #if QUAD
@@ -72,8 +76,8 @@ fn rotate(x: vec, cs: vec) -> vec {
 @group(0) @binding(3) var<storage, read> v_cache: array<vec>;         // [capacity, n_kv_heads, head_dim]
 @group(0) @binding(4) var<storage, read> slot_token: array<u32>;      // [capacity], 0xffffffff where no token
 @group(0) @binding(5) var<storage, read> rope: array<vec>;            // [n_pos, head_dim / 2] of (cos θ, sin θ)
-@group(0) @binding(6) var<storage, read_write> out: array<vec>;       // [n_rows, n_heads, head_dim]
-@group(0) @binding(7) var<storage, read_write> lse: array<f32>;       // [n_rows, n_heads]
+@group(0) @binding(6) var<storage, read_write> out: array<vec>;       // [n_parts, n_rows, n_heads, head_dim]
+@group(0) @binding(7) var<storage, read_write> lse: array<f32>;       // [n_parts, n_rows, n_heads]
 
 // The first slot in 0..n_slots whose token is >= `token` (n_slots if none), for ascending slot_token.
 fn first_slot_from(token: u32) -> u32 {
@@ -303,12 +307,15 @@ fn main(
     @builtin(num_workgroups) n_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row_head = wid.x + wid.y * n_wg.x;
+    let n_vecs = params.n_rows * params.n_heads;
+    let flat = wid.x + wid.y * n_wg.x;
     // Indices past the end only arise from a 2-D grid; the whole workgroup leaves together, so the
     // barriers below stay uniform.
-    if row_head >= params.n_rows * params.n_heads {
+    if flat >= n_vecs * params.n_parts {
         return;
     }
+    let row_head = flat % n_vecs;
+    let part = flat / n_vecs;
     let head = row_head % params.n_heads;
     let kv_head = head / (params.n_heads / params.n_kv_heads);
     let t = params.first_token + row_head / params.n_heads;
@@ -323,7 +330,10 @@ fn main(
     var running_max = NEG_BIG;
     var running_sum = 0.0;
     let walk = walk_for(t, t);
-    for (var n = lid; n < walk.n_walk; n += WG_SIZE) {
+    // This part's share of the walk: parts differ by at most one slot (trailing ones may be empty).
+    let part_len = (walk.n_walk + params.n_parts - 1u) / params.n_parts;
+    let part_end = min((part + 1u) * part_len, walk.n_walk);
+    for (var n = part * part_len + lid; n < part_end; n += WG_SIZE) {
         let s = walk_slot(walk, n);
         let u = slot_token[s];
         if !in_window(u, t) {
@@ -376,14 +386,14 @@ fn main(
     // A row that sees no key has sum_all = 0 and gets zeros, not 0/0, and the empty LSE.
     let inv_sum = select(0.0, 1.0 / sum_all, sum_all > 0.0);
     if lid == 0u {
-        lse[row_head] = select(NEG_BIG, max_all + log(sum_all), sum_all > 0.0);
+        lse[flat] = select(NEG_BIG, max_all + log(sum_all), sum_all > 0.0);
     }
     for (var i = lid; i < UNITS; i += WG_SIZE) {
         var total = vec(0.0);
         for (var j = 0u; j < WG_SIZE; j++) {
             total += merged[i * WG_SIZE + j];
         }
-        out[q_base + i] = total * inv_sum;
+        out[flat * UNITS + i] = total * inv_sum;
     }
 }
 #endif

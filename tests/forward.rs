@@ -37,17 +37,26 @@ fn assert_values_close(what: &str, gpu: &[f32], cpu: &[f32]) {
 }
 
 fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
-    check_on(gpu(), tiny, prompt_len, max_chunk, n_decode);
+    check_on(gpu(), tiny, prompt_len, max_chunk, n_decode, 64);
 }
 
-fn check_on(gpu: Arc<Gpu>, tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
+/// Prefill of `prompt_len` tokens in chunks of `max_chunk`, then `n_decode` greedy steps, in
+/// a dense cache of `capacity` slots, against the CPU reference; returns the session.
+fn check_on(
+    gpu: Arc<Gpu>,
+    tiny: &Tiny,
+    prompt_len: usize,
+    max_chunk: usize,
+    n_decode: usize,
+    capacity: usize,
+) -> Session {
     let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
     let cpu = CpuModel::from_gguf(&gguf).unwrap();
     let model = Arc::new(GpuModel::load(gpu, &gguf).unwrap());
     let mut session = Session::new(
         model,
         &SessionOptions {
-            policy: AttentionPolicy::Dense { capacity: 64 },
+            policy: AttentionPolicy::Dense { capacity },
             max_chunk,
             positions: None,
         },
@@ -90,6 +99,7 @@ fn check_on(gpu: Arc<Gpu>, tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_d
             &cpu_last,
         );
     }
+    session
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -139,8 +149,34 @@ fn subgroup_decode_matches_the_cpu_reference() {
             embed_format: format,
             ..Tiny::default()
         };
-        check_on(gpu.clone(), &tiny, 13, 5, 4);
+        check_on(gpu.clone(), &tiny, 13, 5, 4, 64);
     }
+}
+
+#[test]
+fn split_decode_attention_matches_the_cpu_reference() {
+    // A device told to keep 64 workgroups busy, and a cache long enough for parts of
+    // MIN_PART_SLOTS: each decoded row's 4 heads walk 701..705 slots in 2 parts, merged by one
+    // more dispatch per layer.
+    let device = |decode_workgroups| {
+        let options = GpuOptions {
+            decode_workgroups: Some(decode_workgroups),
+            ..GpuOptions::default()
+        };
+        Arc::new(Gpu::new_blocking(&options).unwrap())
+    };
+    let tiny = Tiny {
+        context_len: 1024,
+        seed: 5,
+        ..Tiny::default()
+    };
+    let split = check_on(device(64), &tiny, 700, 64, 4, 1024);
+    let whole = check_on(device(1), &tiny, 700, 64, 4, 1024);
+    assert_eq!(
+        split.step_dispatches(),
+        whole.step_dispatches() + tiny.n_layers,
+        "one merge per layer"
+    );
 }
 
 #[test]

@@ -21,7 +21,18 @@ pub struct GpuOptions {
     /// slower than its register-blocked one: notes/platform.md), never in the browser (wgpu's web
     /// backend does not report them); `Some(true)` fails on an adapter without them.
     pub subgroup_matvec: Option<bool>,
+    /// Workgroups decode attention aims to keep busy: a long cache's walk is split into parts
+    /// (flash-decoding) until rows × heads × parts reaches this. `None`: the CPU cores on a CPU
+    /// adapter ([`CPU_DECODE_WORKGROUPS`] in the browser), [`GPU_DECODE_WORKGROUPS`] otherwise.
+    pub decode_workgroups: Option<u32>,
 }
+
+/// [`GpuOptions::decode_workgroups`] on adapters that are not CPUs: WebGPU does not say how
+/// many compute units a device has; this is about two workgroups per unit of a large GPU, and
+/// the split stops at [`crate::kernels::attention::MIN_PART_SLOTS`] slots per part anyway.
+pub const GPU_DECODE_WORKGROUPS: u32 = 256;
+/// [`GpuOptions::decode_workgroups`] on a CPU adapter where the core count is unknown.
+pub const CPU_DECODE_WORKGROUPS: u32 = 4;
 
 /// What `sinkstar info` shows of an adapter.
 #[derive(Debug, Clone)]
@@ -44,6 +55,8 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// Decode's matvecs use subgroup operations ([`GpuOptions::subgroup_matvec`]).
     pub subgroup_matvec: bool,
+    /// [`GpuOptions::decode_workgroups`], resolved.
+    pub decode_workgroups: u32,
     /// Features the adapter offers.
     pub adapter_features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
@@ -110,6 +123,16 @@ fn instance_backends(backend: Option<&str>) -> Result<wgpu::Backends, GpuError> 
     }
 }
 
+/// This machine's cores, where the platform tells (a CPU adapter runs its workgroups on them).
+fn cpu_cores() -> Option<u32> {
+    if cfg!(target_arch = "wasm32") {
+        return None;
+    }
+    std::thread::available_parallelism()
+        .ok()
+        .map(|n| n.get() as u32)
+}
+
 impl Gpu {
     /// Opens a device on the chosen adapter with the adapter's own limits (the defaults are far
     /// below what a model needs, e.g. storage bindings).
@@ -166,6 +189,13 @@ impl Gpu {
             Some(wanted) => wanted,
             None => subgroups && info.device_type != wgpu::DeviceType::Cpu,
         };
+        let decode_workgroups = options.decode_workgroups.unwrap_or_else(|| {
+            if info.device_type == wgpu::DeviceType::Cpu {
+                cpu_cores().unwrap_or(CPU_DECODE_WORKGROUPS)
+            } else {
+                GPU_DECODE_WORKGROUPS
+            }
+        });
         let features = if subgroup_matvec {
             wgpu::Features::SUBGROUP
         } else {
@@ -199,6 +229,7 @@ impl Gpu {
             limits,
             features,
             subgroup_matvec,
+            decode_workgroups: decode_workgroups.max(1),
             adapter_features,
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(Allocated::default()),

@@ -52,6 +52,8 @@ pub enum AttentionError {
     },
     #[error("attention: an anchor of {anchor} tokens is longer than the {block}-token block")]
     Anchor { anchor: u32, block: u32 },
+    #[error("attention: kernel `{variant}` cannot split a row's keys into {n_parts} parts")]
+    Parts { variant: String, n_parts: u32 },
     #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
     BufferSize {
         kernel: &'static str,
@@ -86,7 +88,10 @@ pub struct Params {
     pub block: u32,
     /// The anchor: tokens `0..anchor` (at most `block`), visible from every block.
     pub anchor: u32,
-    pub _pad0: u32,
+    /// Row form: each row's walk over the cache is cut into this many even shares, one
+    /// workgroup each (split-K, flash-decoding); their partial outputs and LSEs land at
+    /// `[part, row, head]` for `attention_merge`. At least 1; the tiled form takes 1.
+    pub n_parts: u32,
 }
 
 impl Params {
@@ -180,6 +185,22 @@ pub const ROW_MAX_HEAD_DIM: u32 = 128;
 /// Most query heads per kv head the tiled form serves (`TILE_ROWS * 16` = 256 threads, the
 /// smallest `max_compute_invocations_per_workgroup` WebGPU allows).
 pub const TILE_MAX_GROUP: u32 = 16;
+
+/// Fewest slots a part of a split row walks ([`decode_parts`]): below that a part's fixed
+/// costs (rotating the query, merging its threads, the extra merge dispatch) outweigh the
+/// parallelism it adds.
+pub const MIN_PART_SLOTS: u32 = 256;
+/// Most parts a row is split into (the session's partial-attention buffers hold this many).
+pub const MAX_PARTS: u32 = 32;
+
+/// How many parts the row form splits each of `n_vecs` (rows × heads) walks over `n_slots`
+/// into so that about `target_workgroups` workgroups run: 1 (no split, no merge) unless the
+/// device has room for more workgroups than `n_vecs` and the cache is long enough for parts of
+/// [`MIN_PART_SLOTS`]; at most [`MAX_PARTS`].
+pub fn decode_parts(n_slots: u32, n_vecs: u32, target_workgroups: u32) -> u32 {
+    let wanted = target_workgroups.div_ceil(n_vecs.max(1));
+    wanted.min(n_slots / MIN_PART_SLOTS).clamp(1, MAX_PARTS)
+}
 
 /// One pipeline variant of the two forms (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,22 +316,17 @@ impl Variant {
         }
     }
 
-    /// Row form: one workgroup per (row, head); tiled form: one per ([`TILE_ROWS`] rows, kv head).
-    pub fn grid(
-        &self,
-        gpu: &Gpu,
-        n_rows: u32,
-        n_heads: u32,
-        n_kv_heads: u32,
-    ) -> Result<[u32; 3], GpuError> {
+    /// Row form: one workgroup per (part, row, head); tiled form: one per ([`TILE_ROWS`] rows,
+    /// kv head).
+    pub fn grid(&self, gpu: &Gpu, params: &Params) -> Result<[u32; 3], GpuError> {
         let (what, n_workgroups) = match self {
             Variant::Row { .. } => (
-                "attention rows x heads",
-                u64::from(n_rows) * u64::from(n_heads),
+                "attention parts x rows x heads",
+                u64::from(params.n_parts) * u64::from(params.n_rows) * u64::from(params.n_heads),
             ),
             Variant::Tile { .. } => (
                 "attention row tiles x kv heads",
-                u64::from(n_rows.div_ceil(TILE_ROWS)) * u64::from(n_kv_heads),
+                u64::from(params.n_rows.div_ceil(TILE_ROWS)) * u64::from(params.n_kv_heads),
             ),
         };
         grid(gpu, what, n_workgroups)
@@ -382,10 +398,10 @@ pub struct Buffers<'a> {
     pub slot_token: &'a wgpu::Buffer,
     /// `[n_pos, head_dim / 2, 2]` from [`rope_table`].
     pub rope: &'a wgpu::Buffer,
-    /// `[n_rows, n_heads, head_dim]`.
+    /// `[n_parts, n_rows, n_heads, head_dim]`.
     pub out: &'a wgpu::Buffer,
-    /// `[n_rows, n_heads]`: the log-sum-exp of each row and head's scores, [`EMPTY_LSE`] if it
-    /// saw no key.
+    /// `[n_parts, n_rows, n_heads]`: the log-sum-exp of each (part,) row and head's scores,
+    /// [`EMPTY_LSE`] if it saw no key.
     pub lse: &'a wgpu::Buffer,
 }
 
@@ -450,7 +466,8 @@ impl Attention {
     /// hold that shape); the grid covers `params.n_rows` rows. The arena slot behind
     /// `params_binding` may later hold other rows and tokens, e.g. each decode step: keep them
     /// within the buffers bound here ([`Variant::n_pos`] rows of `rope`, `n_slots` slots) and
-    /// record with [`Variant::grid`] of the new row count.
+    /// record with [`Variant::grid`] of the new params (rows, parts: `out` and `lse` must hold
+    /// `n_parts` times the rows).
     pub fn dispatch(
         &self,
         gpu: &Gpu,
@@ -472,8 +489,19 @@ impl Attention {
                 head_dim: params.head_dim,
             });
         }
+        let split_ok = match self.variant {
+            Variant::Row { .. } => params.n_parts >= 1,
+            Variant::Tile { .. } => params.n_parts == 1,
+        };
+        if !split_ok {
+            return Err(AttentionError::Parts {
+                variant: self.variant.label(),
+                n_parts: params.n_parts,
+            });
+        }
         let hd = u64::from(params.head_dim);
         let rows = u64::from(params.n_rows) * u64::from(params.n_heads) * hd;
+        let parts = u64::from(params.n_parts);
         let cache = u64::from(params.n_slots) * u64::from(params.n_kv_heads) * hd;
         let n_pos = self.variant.n_pos(params);
         for (what, buffer, n_elems) in [
@@ -482,11 +510,11 @@ impl Attention {
             ("v_cache", buffers.v_cache, cache),
             ("slot_token", buffers.slot_token, u64::from(params.n_slots)),
             ("rope", buffers.rope, u64::from(n_pos) * hd),
-            ("out", buffers.out, rows),
+            ("out", buffers.out, parts * rows),
             (
                 "lse",
                 buffers.lse,
-                u64::from(params.n_rows) * u64::from(params.n_heads),
+                parts * u64::from(params.n_rows) * u64::from(params.n_heads),
             ),
         ] {
             check_size("attention", what, buffer, n_elems)?;
@@ -506,9 +534,7 @@ impl Attention {
                     buffers.lse.as_entire_binding(),
                 ],
             )?,
-            workgroups: self
-                .variant
-                .grid(gpu, params.n_rows, params.n_heads, params.n_kv_heads)?,
+            workgroups: self.variant.grid(gpu, params)?,
         })
     }
 }
@@ -567,6 +593,7 @@ pub fn rope_cpu(x_head: &mut [f32], pos: usize, table: &[f32]) {
 /// keys with their cache positions (in signed arithmetic, exactly as the spec writes the
 /// formulas), rotates the query and each key with [`rope_cpu`], and takes a max-subtracted
 /// softmax; the LSE is `max + ln(sum)`. A row that sees no key gets zeros and [`EMPTY_LSE`].
+/// `n_parts` is not looked at: this is the attention the merged parts must equal.
 ///
 /// `q`, `out`: `[n_rows, n_heads, head_dim]`; `k_cache`, `v_cache`: `[capacity, n_kv_heads,
 /// head_dim]`; `slot_token`: `[capacity]`; `rope`: from [`rope_table`]. Returns the LSEs,

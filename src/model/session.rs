@@ -17,7 +17,7 @@ use super::ModelError;
 use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
-use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention};
+use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention, MAX_PARTS};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::matmul::{self, CacheOutputs, Epilogue, Inputs, Matmul, MatmulKind, Prologue};
@@ -61,6 +61,8 @@ struct Buffers {
     q: TrackedBuffer,      // [max_chunk, n_heads * head_dim]
     att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
     lse: TrackedBuffer,    // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
+    split_att: TrackedBuffer, // [MAX_PARTS, n_heads * head_dim]: a decoded row's partial attentions
+    split_lse: TrackedBuffer, // [MAX_PARTS, n_heads]
     act: TrackedBuffer,    // [max_chunk, hidden_dim]
     logits: TrackedBuffer, // [max_chunk, vocab_size]
     work: TrackedBuffer,   // sampler scratch
@@ -84,6 +86,7 @@ struct Params {
     head: ParamSlot,
     sample: ParamSlot,
     merge: ParamSlot,
+    split_merge: ParamSlot,
 }
 
 /// A Star shard's phase-2 buffers (star.md §5): every shard's partial attention of the
@@ -119,6 +122,9 @@ enum Target<'a> {
 /// The decode (row) and prefill (tiled) forms of one attention.
 struct AttentionDispatch {
     row: Dispatch,
+    /// The row form writing parts of a split walk to `split_att`, and their merge into `att`.
+    row_split: Dispatch,
+    merge: Dispatch,
     tile: Dispatch,
     row_variant: attention::Variant,
     tile_variant: attention::Variant,
@@ -182,6 +188,9 @@ pub struct Session {
     submissions: std::sync::atomic::AtomicU64,
     /// Dispatches the last step recorded.
     step_dispatches: usize,
+    /// The attention shape of the step under way (its rows; for a decoded row, the parts its
+    /// walk over the cache is split into).
+    attention_shape: attention::Params,
     /// The sampling of the last decode step, for [`Session::profile_decode`].
     last_sampling: Option<SamplingParams>,
     /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
@@ -265,6 +274,8 @@ impl Session {
             q: storage("q", bytes_f32(chunk * c.q_dim()))?,
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
             lse: storage("lse", bytes_f32(chunk * c.n_heads))?,
+            split_att: storage("split att", bytes_f32(MAX_PARTS as usize * c.q_dim()))?,
+            split_lse: storage("split lse", bytes_f32(MAX_PARTS as usize * c.n_heads))?,
             act: matmul_input("act", bytes_f32(chunk * c.hidden_dim))?,
             logits: storage("logits", bytes_f32(chunk * c.vocab_size))?,
             work: storage("sample work", sample::work_bytes(c.vocab_size as u32))?,
@@ -280,10 +291,10 @@ impl Session {
             k_cache: per_layer("k_cache")?,
             v_cache: per_layer("v_cache")?,
         };
-        // 9 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
+        // 10 shared slots, and up to 7 of its own per layer of Multi-Token Attention (logits,
         // softmax, output, and a mix and a keep per convolution).
         let n_mta = model.layers.iter().filter(|l| l.mta.is_some()).count() as u32;
-        let mut arena = UniformArena::new(&gpu, "session params", 9 + 7 * n_mta)?;
+        let mut arena = UniformArena::new(&gpu, "session params", 10 + 7 * n_mta)?;
         let mut slot = || arena.slot();
         let params = Params {
             embed: slot()?,
@@ -295,6 +306,7 @@ impl Session {
             head: slot()?,
             sample: slot()?,
             merge: slot()?,
+            split_merge: slot()?,
         };
         let b = &buffers;
         let chunk32 = chunk as u32;
@@ -302,6 +314,7 @@ impl Session {
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
         let attention_row = Attention::row(&gpu, head_dim)?;
         let attention_tile = Attention::tile(&gpu, head_dim, n_heads, n_kv_heads)?;
+        let attention_merge = AttentionMerge::new(&gpu)?;
         // One set of maps (a chunk's rows over every key) for all the MTA layers.
         let mta_parts = if n_mta > 0 {
             let shape = MtaShape {
@@ -400,7 +413,27 @@ impl Session {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             block: 0,
             anchor: 0,
-            _pad0: 0,
+            n_parts: 1,
+        };
+        // A decoded row split into the most parts.
+        let split_bound = attention::Params {
+            n_rows: 1,
+            n_parts: MAX_PARTS,
+            ..attention_bound
+        };
+        let merge_bound = attention_merge::Params::new(MAX_PARTS, 1, n_heads, head_dim);
+        let merge = |parts: &wgpu::Buffer, parts_lse: &wgpu::Buffer| {
+            attention_merge.dispatch(
+                &gpu,
+                arena.binding(p.split_merge),
+                &merge_bound,
+                &attention_merge::Buffers {
+                    parts,
+                    parts_lse,
+                    out: &b.att,
+                    out_lse: &b.lse,
+                },
+            )
         };
         let layers = model
             .layers
@@ -434,17 +467,19 @@ impl Session {
                             out: &b.att,
                             lse: &b.lse,
                         };
-                        let dispatch = |kernel: &Attention| {
-                            kernel.dispatch(
-                                &gpu,
-                                arena.binding(p.attention),
-                                &attention_bound,
-                                &buffers,
-                            )
+                        let dispatch = |kernel: &Attention, bound, buffers| {
+                            kernel.dispatch(&gpu, arena.binding(p.attention), bound, buffers)
+                        };
+                        let split_buffers = attention::Buffers {
+                            out: &b.split_att,
+                            lse: &b.split_lse,
+                            ..buffers
                         };
                         AttentionDispatch {
-                            row: dispatch(&attention_row)?,
-                            tile: dispatch(&attention_tile)?,
+                            row: dispatch(&attention_row, &attention_bound, &buffers)?,
+                            row_split: dispatch(&attention_row, &split_bound, &split_buffers)?,
+                            merge: merge(&b.split_att, &b.split_lse)?,
+                            tile: dispatch(&attention_tile, &attention_bound, &buffers)?,
                             row_variant: attention_row.variant(),
                             tile_variant: attention_tile.variant(),
                         }
@@ -523,6 +558,7 @@ impl Session {
             sample_step: 0,
             submissions: std::sync::atomic::AtomicU64::new(0),
             step_dispatches: 0,
+            attention_shape: attention_bound,
             last_sampling: None,
             exchange: None,
             exchange_rows: None,
@@ -1198,6 +1234,12 @@ impl Session {
 
         let rows = n_rows as u32;
         let (n_sink, window) = self.slots.kernel_window();
+        let n_slots = self.slots.scan_len() as u32;
+        // Only a decoded row is split: a prefill chunk's rows already fill the device.
+        let n_parts = match rows {
+            1 => attention::decode_parts(n_slots, c.n_heads as u32, gpu.decode_workgroups),
+            _ => 1,
+        };
         let p = &self.params;
         let arena = &mut self.arena;
         arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
@@ -1228,23 +1270,23 @@ impl Session {
             ..self.head.shape
         };
         arena.set(p.head, &head_shape.from_row(rows - head_rows))?;
-        arena.set(
-            p.attention,
-            &attention::Params {
-                n_rows: rows,
-                n_heads: c.n_heads as u32,
-                n_kv_heads: c.n_kv_heads as u32,
-                head_dim: c.head_dim as u32,
-                n_slots: self.slots.scan_len() as u32,
-                first_token,
-                n_sink,
-                window,
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
-                block: self.star_mask.map_or(0, |(block, _)| block),
-                anchor: self.star_mask.map_or(0, |(_, anchor)| anchor),
-                _pad0: 0,
-            },
-        )?;
+        self.attention_shape = attention::Params {
+            n_rows: rows,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            n_slots,
+            first_token,
+            n_sink,
+            window,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            block: self.star_mask.map_or(0, |(block, _)| block),
+            anchor: self.star_mask.map_or(0, |(_, anchor)| anchor),
+            n_parts,
+        };
+        arena.set(p.attention, &self.attention_shape)?;
+        let merge = attention_merge::Params::new(n_parts, 1, c.n_heads as u32, c.head_dim as u32);
+        arena.set(p.split_merge, &merge)?;
         for layer in &mut self.layers {
             if let Some(mta) = &mut layer.mta {
                 mta.set_rows(gpu, arena, first_token, rows, 0)?;
@@ -1293,12 +1335,23 @@ impl Session {
         }
         // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
         let a = &l.attention;
-        let (variant, dispatch) = match rows {
-            1 => (a.row_variant, &a.row),
+        let shape = &self.attention_shape;
+        debug_assert_eq!(shape.n_rows, rows, "begin_step set this step's shape");
+        let (variant, dispatch) = match (rows, shape.n_parts) {
+            (1, 1) => (a.row_variant, &a.row),
+            (1, _) => (a.row_variant, &a.row_split),
             _ => (a.tile_variant, &a.tile),
         };
-        let grid = variant.grid(gpu, rows, c.n_heads as u32, c.n_kv_heads as u32)?;
-        recorder.record(Part::Attention, dispatch, grid);
+        recorder.record(Part::Attention, dispatch, variant.grid(gpu, shape)?);
+        if shape.n_parts > 1 {
+            let merge =
+                attention_merge::Params::new(shape.n_parts, 1, c.n_heads as u32, c.head_dim as u32);
+            recorder.record(
+                Part::Attention,
+                &a.merge,
+                AttentionMerge::grid(gpu, &merge)?,
+            );
+        }
         Ok(())
     }
 

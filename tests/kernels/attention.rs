@@ -3,8 +3,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
-    attention_cpu, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params, Variant,
-    EMPTY_LSE, EMPTY_SLOT, TILE_ROWS,
+    attention_cpu, decode_parts, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params,
+    Variant, EMPTY_LSE, EMPTY_SLOT, MAX_PARTS, MIN_PART_SLOTS, TILE_ROWS,
 };
 
 use crate::{
@@ -84,7 +84,7 @@ impl Case {
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             block: self.block,
             anchor: self.anchor,
-            _pad0: 0,
+            n_parts: 1,
         }
     }
 
@@ -143,7 +143,22 @@ impl Case {
         inputs: &Inputs,
         variant: Variant,
     ) -> (Vec<f32>, Vec<f32>) {
-        let params = self.params();
+        self.run_parts(gpu, inputs, variant, 1).await
+    }
+
+    /// One variant's outputs `[n_parts, n_rows, n_heads, head_dim]` and LSEs `[n_parts, n_rows,
+    /// n_heads]`, each row's keys split into `n_parts`.
+    async fn run_parts(
+        &self,
+        gpu: &Gpu,
+        inputs: &Inputs,
+        variant: Variant,
+        n_parts: u32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let params = Params {
+            n_parts,
+            ..self.params()
+        };
         let kernel = Attention::with_variant(gpu, variant).unwrap();
         let (arena, slot) = arena_with(gpu, &params);
         let storage = |what, data: &[u8]| gpu.storage_with(what, data).unwrap();
@@ -152,10 +167,10 @@ impl Case {
         let v_cache = storage("v_cache", bytemuck::cast_slice(&inputs.v_cache));
         let slot_token = storage("slot_token", bytemuck::cast_slice(&self.slot_token));
         let rope = storage("rope", bytemuck::cast_slice(&self.rope()));
-        let n_out = self.n_rows * self.n_heads * self.head_dim;
+        let n_out = n_parts as usize * self.n_rows * self.n_heads * self.head_dim;
         // NaN-filled, so that an element the kernel leaves unwritten fails.
         let out = storage("out", bytemuck::cast_slice(&vec![f32::NAN; n_out]));
-        let n_lse = self.n_rows * self.n_heads;
+        let n_lse = n_parts as usize * self.n_rows * self.n_heads;
         let lse = storage("lse", bytemuck::cast_slice(&vec![f32::NAN; n_lse]));
         let buffers = Buffers {
             q: &q,
@@ -744,6 +759,37 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         matches!(err, AttentionError::VariantShape { n_heads: 9, .. }),
         "{err}"
     );
+    // No parts, a split of the tiled form, and outputs too small for the parts.
+    let rope = gpu.storage("rope", n_pos * 64 * 4).unwrap();
+    let buffers = Buffers {
+        rope: &rope,
+        ..buffers
+    };
+    let tile = Attention::tile(gpu, 64, 9, 3).unwrap();
+    for (kernel, n_parts) in [(&kernel, 0), (&tile, 2)] {
+        let split = Params { n_parts, ..params };
+        let err = kernel
+            .dispatch(gpu, arena.binding(slot), &split, &buffers)
+            .err()
+            .expect("no such split");
+        assert!(
+            matches!(err, AttentionError::Parts { n_parts: p, .. } if p == n_parts),
+            "{err}"
+        );
+    }
+    // `big` holds 5 parts of the 2 rows' outputs.
+    let split = Params {
+        n_parts: 6,
+        ..params
+    };
+    let err = kernel
+        .dispatch(gpu, arena.binding(slot), &split, &buffers)
+        .err()
+        .expect("out holds 5 parts");
+    assert!(
+        matches!(err, AttentionError::BufferSize { what: "out", .. }),
+        "{err}"
+    );
     let ring = Params {
         n_rows: 2,
         first_token: 100,
@@ -954,5 +1000,67 @@ async fn attention_partitions_merge_to_dense(gpu: &Gpu) {
         let label = format!("{} merged from {n_parts} parts", whole.label());
         assert_close(&label, &got, &want, TOL_ATTENTION);
         assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+    }
+}
+
+gpu_test!(attention_split_rows_merge_to_whole);
+/// Flash-decoding: the row form with each row's walk cut into 2, 3, 7 and 40 parts (more parts
+/// than some rows have keys, so trailing parts are empty), merged by attention_merge, equals
+/// the CPU reference over every key: dense, a wrapped sink ring, and a Star mask whose walk
+/// skips the slots between the anchor and the row's block.
+async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
+    let mut rng = rng(35);
+    let cases = [
+        dense_case(&mut rng, 1, (9, 3), 64, 300),
+        dense_case(&mut rng, 2, (4, 1), 80, 37),
+        ring_case((9, 3), 64, 4, 33, 1, 4 + 3 * 33 + 7),
+        ring_case((8, 8), 6, 0, 2, 1, 50),
+        star_case(3, (4, 1), 128, 150, 40, 13),
+    ];
+    for case in cases {
+        let inputs = case.random_inputs(&mut rng);
+        let (want, want_lse) = case.run_cpu_with_lse(&inputs);
+        let row = Variant::row_for(case.head_dim as u32).unwrap();
+        for n_parts in [2, 3, 7, 40] {
+            let (parts, parts_lse) = case.run_parts(gpu, &inputs, row, n_parts).await;
+            let (got, got_lse) = crate::attention_merge::merge_gpu(
+                gpu,
+                n_parts as usize,
+                case.n_rows,
+                case.n_heads,
+                case.head_dim,
+                &parts,
+                &parts_lse,
+            )
+            .await;
+            let label = format!("{} split into {n_parts}", case.label());
+            assert_close(&label, &got, &want, TOL_ATTENTION);
+            assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+        }
+    }
+}
+
+cpu_test!(decode_parts_split_only_long_caches_on_wide_devices);
+/// A row is split only when the device has room for more workgroups than rows × heads and
+/// every part keeps at least MIN_PART_SLOTS slots, and never into more than MAX_PARTS.
+fn decode_parts_split_only_long_caches_on_wide_devices() {
+    // (slots, rows x heads, device workgroups) -> parts
+    for (n_slots, n_vecs, target, want) in [
+        (100_000, 9, 1, 1),
+        (100_000, 9, 9, 1),
+        (100_000, 9, 10, 2),
+        (100_000, 9, 256, 29),
+        (100_000, 1, 10_000, MAX_PARTS),
+        (2_111, 9, 256, 2_111 / MIN_PART_SLOTS),
+        (MIN_PART_SLOTS * 2 - 1, 9, 256, 1),
+        (MIN_PART_SLOTS * 2, 9, 256, 2),
+        (0, 9, 256, 1),
+        (100, 0, 256, 1),
+    ] {
+        assert_eq!(
+            decode_parts(n_slots, n_vecs, target),
+            want,
+            "{n_slots} slots, {n_vecs} vectors, {target} workgroups"
+        );
     }
 }

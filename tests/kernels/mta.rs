@@ -87,7 +87,7 @@ impl Inputs {
             scale: scale_factor / (head_dim as f32).sqrt(),
             block: 0,
             anchor: 0,
-            _pad0: 0,
+            n_parts: 1,
         };
         let slot_token: Vec<u32> = (0..n_tokens as u32).collect();
         let mut out = vec![0.0; self.q.len()];

@@ -45,6 +45,11 @@ pub struct Cli {
     /// vec on CPU drivers such as lavapipe
     #[arg(long, global = true, value_enum, default_value_t = Matvec::Auto)]
     pub matvec: Matvec,
+    /// Workgroups decode attention aims to keep busy: a long KV cache is split into parts
+    /// attended in parallel and merged (flash-decoding) until rows x heads x parts reaches this;
+    /// 1 never splits [default: the CPU cores on a CPU adapter, 256 on a GPU]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub decode_workgroups: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -317,6 +322,7 @@ pub fn gpu_options(cli: &Cli, adapter: Option<usize>) -> GpuOptions {
             Matvec::Vec => Some(false),
             Matvec::Subgroup => Some(true),
         },
+        decode_workgroups: cli.decode_workgroups,
     }
 }
 
@@ -686,11 +692,12 @@ fn info(cli: &Cli) -> anyhow::Result<()> {
     let gpu = gpu(cli)?;
     let l = &gpu.limits;
     println!(
-        "chosen: {} ({:?}, {:?}), decode matvec: {}",
+        "chosen: {} ({:?}, {:?}), decode matvec: {}, decode attention over {} workgroups",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.device_type,
-        MatmulKind::decode(&gpu).name()
+        MatmulKind::decode(&gpu).name(),
+        gpu.decode_workgroups
     );
     println!(
         "limits: storage binding {} MiB, buffer {} MiB, {} storage buffers/stage, \
