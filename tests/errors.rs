@@ -168,13 +168,17 @@ fn adapter_index_and_backend_name() {
 }
 
 fn tiny_model() -> Arc<GpuModel> {
+    tiny_model_on(gpu())
+}
+
+fn tiny_model_on(gpu: Arc<Gpu>) -> Arc<GpuModel> {
     // A trained context far beyond any device limit, so that the limit is what refuses.
     let tiny = Tiny {
         context_len: u32::MAX as usize,
         ..Tiny::default()
     };
     let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
-    Arc::new(GpuModel::load(gpu(), &gguf).unwrap())
+    Arc::new(GpuModel::load(gpu, &gguf).unwrap())
 }
 
 fn session_with(model: &Arc<GpuModel>, policy: AttentionPolicy) -> Result<Session, Error> {
@@ -281,8 +285,10 @@ fn bad_session_inputs() {
 
 #[test]
 fn bad_policies_fail_before_any_allocation() {
-    let model = tiny_model();
-    let gpu = gpu();
+    // A device of its own: the other tests of this binary allocate on the shared one
+    // concurrently, which would move its counter.
+    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap());
+    let model = tiny_model_on(gpu.clone());
     for (policy, name) in [
         (AttentionPolicy::Dense { capacity: 0 }, "dense"),
         (AttentionPolicy::Window { window: 0 }, "window"),

@@ -18,16 +18,10 @@ use sinkstar::model::gguf::Gguf;
 use sinkstar::model::{GpuModel, Session, SessionOptions, StarSession};
 use sinkstar::Error;
 
-/// Two layers: the second reads the first's output, so a wrong mask in layer one shows up in
-/// layer two's keys and values too.
+/// The tiny model of these tests on the shared device.
 fn model() -> (Arc<GpuModel>, Tiny) {
-    let tiny = Tiny {
-        n_layers: 2,
-        seed: 31,
-        ..Tiny::default()
-    };
-    let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
-    (Arc::new(GpuModel::load(gpu(), &gguf).unwrap()), tiny)
+    let (mut models, tiny) = models_on([gpu()]);
+    (models.remove(0), tiny)
 }
 
 fn text(n: usize, vocab: usize) -> Vec<u32> {
@@ -273,16 +267,32 @@ fn bad_star_input_is_refused() {
     assert!(s.skip_to(3).is_err());
 }
 
-/// The tiny model loaded on `n` devices, each opened on its own (lavapipe gives every request
-/// a device of its own, which is how the multi-device path runs without several GPUs).
+/// The tiny model loaded on `n` devices: the shared one and `n - 1` opened on their own
+/// (lavapipe gives every request a device of its own, which is how the multi-device path runs
+/// without several GPUs).
 fn models_on_devices(n: usize) -> (Vec<Arc<GpuModel>>, Tiny) {
-    let (first, tiny) = model();
+    models_on((0..n).map(|i| if i == 0 { gpu() } else { own_gpu() }))
+}
+
+/// A device no other test allocates on (the shared one's counters move while they run).
+fn own_gpu() -> Arc<Gpu> {
+    Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap())
+}
+
+/// The tiny model of these tests loaded on each of `gpus`.
+fn models_on(gpus: impl IntoIterator<Item = Arc<Gpu>>) -> (Vec<Arc<GpuModel>>, Tiny) {
+    // Two layers: the second reads the first's output, so a wrong mask in layer one shows up
+    // in layer two's keys and values too.
+    let tiny = Tiny {
+        n_layers: 2,
+        seed: 31,
+        ..Tiny::default()
+    };
     let gguf = Gguf::from_bytes(tiny.gguf()).unwrap();
-    let mut models = vec![first];
-    for _ in 1..n {
-        let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap());
-        models.push(Arc::new(GpuModel::load(gpu, &gguf).unwrap()));
-    }
+    let models = gpus
+        .into_iter()
+        .map(|gpu| Arc::new(GpuModel::load(gpu, &gguf).unwrap()))
+        .collect();
     (models, tiny)
 }
 
@@ -388,8 +398,8 @@ fn only_the_query_shard_grows_and_query_rows_see_every_shard() {
 fn documents_past_the_trained_context_run_and_past_the_device_are_refused() {
     // The tiny model was trained on 512 positions: a 600-token context is out of distribution
     // (the CLI warns) but runs; one whose caches cannot exist on the device is a typed error
-    // before anything is allocated.
-    let (models, tiny) = models_on_devices(2);
+    // before anything is allocated (on devices of its own, whose counters only it moves).
+    let (models, tiny) = models_on((0..2).map(|_| own_gpu()));
     let star = StarOptions {
         block: 100,
         anchor: 100,
