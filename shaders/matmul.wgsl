@@ -342,6 +342,122 @@ fn store_rows(r0: u32, o: u32, acc: vec4<f32>) {
     store(r0 + 3u, o, acc.w);
 }
 
+#if SHARED
+// Rows of x and weight rows per workgroup (multiples of 4; WG_SIZE = TILE_M * TILE_N / 16),
+// chosen per adapter on the host.
+override TILE_M: u32 = 64u;
+override TILE_N: u32 = 64u;
+// One chunk (32 values, 8 vec4s) of each of the tile's rows of x and of its weight rows, stored
+// vec4 index first, so that neighbouring invocations (neighbouring weight rows) read
+// neighbouring words: xs[q * TILE_M + m] is x[r0 + m, 32 k + 4 q ..+ 4] (times gamma), and
+// ws[(2 g + h) * TILE_N + j] half h (lo, hi) of group g of weight row j's chunk.
+var<workgroup> xs: array<vec4<f32>, TILE_M * 8u>;
+var<workgroup> ws: array<vec4<f32>, TILE_N * 8u>;
+
+// The weight row behind column j of the tile whose first output is o0: output o0 + j, or with
+// SWIGLU the gate rows of outputs o0 .. o0 + TILE_N / 2 and then their up rows.
+fn tile_row(o0: u32, j: u32) -> u32 {
+#if SWIGLU
+    let half = TILE_N / 2u;
+    return select(up_row(o0 + j - half), w_row(o0 + j), j < half);
+#else
+    return w_row(o0 + j);
+#endif
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n_rows = params.n_rows;
+    let n_in = params.n_in;
+    // Workgroups are laid out column group first, then row tile; a 2-D grid spills into y.
+    let group_cols = TILE_N / OUT_SHARE;
+    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
+    let flat = wid.x + wid.y * n_wg.x;
+    let tile_r0 = flat / n_col_groups * TILE_M;
+    // The whole workgroup leaves together, so the barriers below stay uniform.
+    if tile_r0 >= n_rows {
+        return;
+    }
+    let o0 = flat % n_col_groups * group_cols;
+    // This invocation: rows tile_r0 + 4 tm ..+ 4 and tile columns tn + c TILE_N / 4 (c < 4;
+    // with SWIGLU columns c and c + 2 are one output's gate and up).
+    let tn = lid % (TILE_N / 4u);
+    let tm = lid / (TILE_N / 4u);
+    let r0 = tile_r0 + 4u * tm;
+    let quarter = TILE_N / 4u;
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    let n_chunks = n_in / CHUNK_ELEMS;
+    for (var k = 0u; k < n_chunks; k++) {
+        // The tile's chunk of x: rows past n_rows read the last row; `store` drops them.
+        for (var e = lid; e < TILE_M * 8u; e += WG_SIZE) {
+            let m = e / 8u;
+            let q = e % 8u;
+            let i = k * CHUNK_ELEMS + 4u * q;
+            let x_row = (params.first_row + min(tile_r0 + m, n_rows - 1u)) * n_in;
+            xs[q * TILE_M + m] = x4_at(x_row + i) * gamma4(i);
+        }
+        // Its weights, decoded once for all TILE_M rows: one group of one row per step.
+        for (var e = lid; e < TILE_N * 4u; e += WG_SIZE) {
+            let j = e / 4u;
+            let g = e % 4u;
+            let w = group_at(chunk_at(tile_row(o0, j), k), g);
+            ws[2u * g * TILE_N + j] = w.lo;
+            ws[(2u * g + 1u) * TILE_N + j] = w.hi;
+        }
+        workgroupBarrier();
+        for (var g = 0u; g < 4u; g++) {
+            let lo = lo_offset(g) / 4u * TILE_M + 4u * tm;
+            let hi = hi_offset(g) / 4u * TILE_M + 4u * tm;
+            let x_lo = mat4x4<f32>(xs[lo], xs[lo + 1u], xs[lo + 2u], xs[lo + 3u]);
+            let x_hi = mat4x4<f32>(xs[hi], xs[hi + 1u], xs[hi + 2u], xs[hi + 3u]);
+            let w_lo = 2u * g * TILE_N + tn;
+            let w_hi = w_lo + TILE_N;
+            a0 = mac(a0, Group(ws[w_lo], ws[w_hi]), x_lo, x_hi);
+            a1 = mac(a1, Group(ws[w_lo + quarter], ws[w_hi + quarter]), x_lo, x_hi);
+            a2 = mac(a2, Group(ws[w_lo + 2u * quarter], ws[w_hi + 2u * quarter]), x_lo, x_hi);
+            a3 = mac(a3, Group(ws[w_lo + 3u * quarter], ws[w_hi + 3u * quarter]), x_lo, x_hi);
+        }
+        // The next chunk overwrites both tiles.
+        workgroupBarrier();
+    }
+    let x0 = (params.first_row + min(r0, n_rows - 1u)) * n_in;
+    let x1 = (params.first_row + min(r0 + 1u, n_rows - 1u)) * n_in;
+    let x2 = (params.first_row + min(r0 + 2u, n_rows - 1u)) * n_in;
+    let x3 = (params.first_row + min(r0 + 3u, n_rows - 1u)) * n_in;
+    let w0 = tile_row(o0, tn);
+    let w1 = tile_row(o0, tn + quarter);
+    let w2 = tile_row(o0, tn + 2u * quarter);
+    let w3 = tile_row(o0, tn + 3u * quarter);
+    // Float formats only (their block is one weight): the weights after the last whole chunk,
+    // straight from memory.
+    for (var i = n_chunks * CHUNK_ELEMS; i < n_in; i += 4u) {
+        let xi = x_rows(x0, x1, x2, x3, i);
+        a0 += weights4_at(w0, i) * xi;
+        a1 += weights4_at(w1, i) * xi;
+        a2 += weights4_at(w2, i) * xi;
+        a3 += weights4_at(w3, i) * xi;
+    }
+    // Component j of each accumulator is row r0 + j.
+    let scale = vec4<f32>(row_scale(x0), row_scale(x1), row_scale(x2), row_scale(x3));
+#if SWIGLU
+    store_rows(r0, o0 + tn, swiglu4(a0 * scale, a2 * scale));
+    store_rows(r0, o0 + tn + quarter, swiglu4(a1 * scale, a3 * scale));
+#else
+    store_rows(r0, o0 + tn, a0 * scale);
+    store_rows(r0, o0 + tn + quarter, a1 * scale);
+    store_rows(r0, o0 + tn + 2u * quarter, a2 * scale);
+    store_rows(r0, o0 + tn + 3u * quarter, a3 * scale);
+#endif
+}
+#else
+
 @compute @workgroup_size(WG_SIZE)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -449,4 +565,5 @@ fn main(
     store_rows(r0, o + 7u * WG_SIZE, a7);
 #endif
 }
+#endif
 #endif

@@ -154,6 +154,32 @@ fn subgroup_decode_matches_the_cpu_reference() {
 }
 
 #[test]
+fn shared_prefill_matches_the_cpu_reference() {
+    // The prefill form GPUs run (tiles staged in workgroup memory), forced on lavapipe, where
+    // `auto` keeps the register-only tiles; prompts of 1, 2 and 3 chunks, the last one short.
+    let gpu = Gpu::new_blocking(&GpuOptions {
+        shared_prefill: Some(true),
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    assert!(matches!(MatmulKind::prefill(&gpu), MatmulKind::Shared(_)));
+    assert_eq!(MatmulKind::prefill(&common::gpu()), MatmulKind::Tile);
+    let gpu = Arc::new(gpu);
+    for (format, prompt_len) in [
+        (GgmlType::Q4_1, 13),
+        (GgmlType::Q8_0, 40),
+        (GgmlType::F16, 70),
+    ] {
+        let tiny = Tiny {
+            format,
+            embed_format: format,
+            ..Tiny::default()
+        };
+        check_on(gpu.clone(), &tiny, prompt_len, 32, 2, 128);
+    }
+}
+
+#[test]
 fn split_decode_attention_matches_the_cpu_reference() {
     // A device told to keep 64 workgroups busy, and a cache long enough for parts of
     // MIN_PART_SLOTS: each decoded row's 4 heads walk 701..705 slots in 2 parts, merged by one

@@ -25,6 +25,10 @@ pub struct GpuOptions {
     /// (flash-decoding) until rows × heads × parts reaches this. `None`: the CPU cores on a CPU
     /// adapter ([`CPU_DECODE_WORKGROUPS`] in the browser), [`GPU_DECODE_WORKGROUPS`] otherwise.
     pub decode_workgroups: Option<u32>,
+    /// Whether prefill's matmuls stage their tiles in workgroup memory (the `shared` matmul
+    /// form) rather than registers only (`tile`): `None` on adapters that are not CPUs (CPU
+    /// drivers run barriers 5-10x slower).
+    pub shared_prefill: Option<bool>,
 }
 
 /// [`GpuOptions::decode_workgroups`] on adapters that are not CPUs: WebGPU does not say how
@@ -57,6 +61,8 @@ pub struct Gpu {
     pub subgroup_matvec: bool,
     /// [`GpuOptions::decode_workgroups`], resolved.
     pub decode_workgroups: u32,
+    /// Prefill's matmuls use workgroup-memory tiles ([`GpuOptions::shared_prefill`]).
+    pub shared_prefill: bool,
     /// Features the adapter offers.
     pub adapter_features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
@@ -196,6 +202,9 @@ impl Gpu {
                 GPU_DECODE_WORKGROUPS
             }
         });
+        let shared_prefill = options
+            .shared_prefill
+            .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         let features = if subgroup_matvec {
             wgpu::Features::SUBGROUP
         } else {
@@ -230,6 +239,7 @@ impl Gpu {
             features,
             subgroup_matvec,
             decode_workgroups: decode_workgroups.max(1),
+            shared_prefill,
             adapter_features,
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(Allocated::default()),

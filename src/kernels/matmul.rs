@@ -329,7 +329,8 @@ impl Params {
     }
 }
 
-/// Which kernel: `Vec` or `Subgroup` for one or a few rows (decoding), `Tile` for many (prefill).
+/// Which kernel: `Vec` or `Subgroup` for one or a few rows (decoding), `Tile` or `Shared` for
+/// many (prefill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulKind {
     /// Each invocation 4 whole weight rows, x from a uniform buffer: the form for CPU drivers.
@@ -338,11 +339,62 @@ pub enum MatmulKind {
     /// neighbouring blocks), x from a storage buffer: the form for GPUs. Needs
     /// `Features::SUBGROUP`.
     Subgroup,
+    /// Each invocation 4 rows x 8 weight rows in registers, no workgroup memory: the prefill
+    /// form for CPU drivers (barriers cost them 5-10x).
     Tile,
+    /// A workgroup's rows of x and weight rows staged chunk by chunk in workgroup memory, each
+    /// weight decoded once for all its rows, each invocation 4 x 4 of them: the prefill form
+    /// for GPUs, its tile sized per adapter ([`SharedTile::for_limits`]).
+    Shared(SharedTile),
+}
+
+/// The tile of [`MatmulKind::Shared`]: `rows` rows of x by `cols` weight rows per workgroup
+/// (override constants `TILE_M`, `TILE_N` in matmul.wgsl), `rows * cols / 16` invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SharedTile {
+    pub rows: u32,
+    pub cols: u32,
+}
+
+impl SharedTile {
+    /// 64 x 64: 256 invocations and 16 KiB of workgroup memory, the least WebGPU guarantees; a
+    /// weight serves 64 rows of x.
+    pub const LARGE: SharedTile = SharedTile { rows: 64, cols: 64 };
+    /// 32 x 32: 64 invocations and 8 KiB, for adapters below WebGPU's minimums (and short
+    /// prompts: a 64-token chunk fills one row tile either way).
+    pub const SMALL: SharedTile = SharedTile { rows: 32, cols: 32 };
+    pub const ALL: [SharedTile; 2] = [SharedTile::SMALL, SharedTile::LARGE];
+
+    /// The largest tile `limits` hold (a device's: [`Gpu::limits`]), if any.
+    pub fn for_limits(limits: &wgpu::Limits) -> Option<SharedTile> {
+        let fits = |tile: &SharedTile| {
+            let invocations = limits
+                .max_compute_invocations_per_workgroup
+                .min(limits.max_compute_workgroup_size_x);
+            tile.invocations() <= invocations
+                && tile.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+        };
+        SharedTile::ALL.into_iter().rev().find(fits)
+    }
+
+    pub fn invocations(self) -> u32 {
+        self.rows * self.cols / 16
+    }
+
+    /// `xs` and `ws`: one 32-value chunk of each row of x and each weight row, in f32.
+    pub fn workgroup_bytes(self) -> u32 {
+        (self.rows + self.cols) * 32 * 4
+    }
 }
 
 impl MatmulKind {
-    pub const ALL: [MatmulKind; 3] = [MatmulKind::Vec, MatmulKind::Subgroup, MatmulKind::Tile];
+    pub const ALL: [MatmulKind; 5] = [
+        MatmulKind::Vec,
+        MatmulKind::Subgroup,
+        MatmulKind::Tile,
+        MatmulKind::Shared(SharedTile::SMALL),
+        MatmulKind::Shared(SharedTile::LARGE),
+    ];
 
     /// The decode form `gpu` runs ([`Gpu::subgroup_matvec`]).
     pub fn decode(gpu: &Gpu) -> MatmulKind {
@@ -353,11 +405,21 @@ impl MatmulKind {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    /// The prefill form `gpu` runs ([`Gpu::shared_prefill`]; registers only on a device too
+    /// small for either shared tile).
+    pub fn prefill(gpu: &Gpu) -> MatmulKind {
+        match SharedTile::for_limits(&gpu.limits) {
+            Some(tile) if gpu.shared_prefill => MatmulKind::Shared(tile),
+            _ => MatmulKind::Tile,
+        }
+    }
+
+    pub fn name(self) -> String {
         match self {
-            MatmulKind::Vec => "vec",
-            MatmulKind::Subgroup => "subgroup",
-            MatmulKind::Tile => "tile",
+            MatmulKind::Vec => "vec".into(),
+            MatmulKind::Subgroup => "subgroup".into(),
+            MatmulKind::Tile => "tile".into(),
+            MatmulKind::Shared(tile) => format!("shared{}x{}", tile.rows, tile.cols),
         }
     }
 
@@ -365,13 +427,13 @@ impl MatmulKind {
     pub fn features(self) -> wgpu::Features {
         match self {
             MatmulKind::Subgroup => wgpu::Features::SUBGROUP,
-            MatmulKind::Vec | MatmulKind::Tile => wgpu::Features::empty(),
+            MatmulKind::Vec | MatmulKind::Tile | MatmulKind::Shared(_) => wgpu::Features::empty(),
         }
     }
 
     /// The matvec forms (one row of x per workgroup).
     pub fn is_matvec(self) -> bool {
-        self != MatmulKind::Tile
+        matches!(self, MatmulKind::Vec | MatmulKind::Subgroup)
     }
 
     /// Workgroup size, and the rows of x and the weight rows one workgroup computes (fixed in
@@ -382,6 +444,7 @@ impl MatmulKind {
             MatmulKind::Vec => (VEC_WG_SIZE, 1, 4 * VEC_WG_SIZE),
             MatmulKind::Subgroup => (SUBGROUP_WG_SIZE, 1, SUBGROUP_WG_ROWS),
             MatmulKind::Tile => (TILE_WG_SIZE, 4, 8 * TILE_WG_SIZE),
+            MatmulKind::Shared(tile) => (tile.invocations(), tile.rows, tile.cols),
         }
     }
 }
@@ -521,24 +584,32 @@ impl Variant {
             MatmulKind::Vec => defines.extend(["MATVEC", "UNIFORM_X"]),
             MatmulKind::Subgroup => defines.extend(["MATVEC", "SUBGROUP"]),
             MatmulKind::Tile => {}
+            MatmulKind::Shared(_) => defines.push("SHARED"),
         }
         defines.extend(self.epilogue.define());
         if self.prologue == Prologue::RmsNorm {
             defines.push("NORM");
         }
         let (wg_size, _, _) = self.kind.block();
+        let mut overrides = vec![("WG_SIZE".into(), f64::from(wg_size))];
+        if let MatmulKind::Shared(tile) = self.kind {
+            overrides.push(("TILE_M".into(), f64::from(tile.rows)));
+            overrides.push(("TILE_N".into(), f64::from(tile.cols)));
+        }
         Ok(PipelineSpec {
             label: self.name(),
             source: shader_source("matmul.wgsl", &defines)?,
             entry: "main",
-            overrides: vec![("WG_SIZE".into(), f64::from(wg_size))],
+            overrides,
             features: self.kind.features(),
             bindings: [
                 Binding::Uniform,
                 Binding::Read,
                 match self.kind {
                     MatmulKind::Vec => Binding::Uniform,
-                    MatmulKind::Subgroup | MatmulKind::Tile => Binding::Read,
+                    MatmulKind::Subgroup | MatmulKind::Tile | MatmulKind::Shared(_) => {
+                        Binding::Read
+                    }
                 },
             ]
             .into_iter()
@@ -697,7 +768,7 @@ impl Matmul {
         };
         let x_bytes = (u64::from(first_row) + rows) * u64::from(n_in) * 4;
         let x_binding = match self.variant.kind {
-            MatmulKind::Tile | MatmulKind::Subgroup => {
+            MatmulKind::Tile | MatmulKind::Subgroup | MatmulKind::Shared(_) => {
                 if x.size() < x_bytes {
                     return Err(too_small("x", x.size(), x_bytes));
                 }
@@ -787,8 +858,9 @@ impl Matmul {
 
     /// The grid of `kind` with `epilogue` for `n_rows` rows and `n_out` outputs: one workgroup
     /// per block of columns and rows (vec: 4 weight rows per invocation of 1 row of x; subgroup:
-    /// 32 weight rows of 1 row; tile: 8 weight rows per invocation of 4 rows; SwiGLU's outputs
-    /// take two weight rows each), spilling into y past the per-dimension limit.
+    /// 32 weight rows of 1 row; tile: 8 weight rows per invocation of 4 rows; shared: the tile's
+    /// weight rows and rows; SwiGLU's outputs take two weight rows each), spilling into y past
+    /// the per-dimension limit.
     pub fn grid(
         gpu: &Gpu,
         kind: MatmulKind,

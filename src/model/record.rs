@@ -3,7 +3,7 @@
 //! [`Session::profile_decode`](super::Session::profile_decode)), counting what is recorded.
 
 use crate::gpu::{Dispatch, Gpu};
-use crate::kernels::matmul::{Matmul, MatmulKind};
+use crate::kernels::matmul::Matmul;
 use crate::Result;
 
 use super::session::MatmulDispatch;
@@ -102,7 +102,7 @@ impl<'a, 'p> Recorder<'a, 'p> {
     ) -> Result<()> {
         let (dispatch, kind) = match decode {
             true => (&m.decode, m.decode_kind),
-            false => (&m.tile, MatmulKind::Tile),
+            false => (&m.prefill, m.prefill_kind),
         };
         let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.shape.n_out)?;
         self.record(part, dispatch, grid);

@@ -100,12 +100,13 @@ struct Exchange {
     merge: Dispatch,
 }
 
-/// The decode (matvec: vec or subgroup, as the device prefers) and prefill (tiled) forms of one
-/// matmul.
+/// The decode (matvec: vec or subgroup, as the device prefers) and prefill (tiled: registers
+/// only or workgroup memory, likewise) forms of one matmul.
 pub(super) struct MatmulDispatch {
     pub(super) decode: Dispatch,
     pub(super) decode_kind: MatmulKind,
-    pub(super) tile: Dispatch,
+    pub(super) prefill: Dispatch,
+    pub(super) prefill_kind: MatmulKind,
     pub(super) epilogue: Epilogue,
     /// The shape bound (the tiled form's rows): each step sets it with its own rows.
     pub(super) shape: matmul::Params,
@@ -352,6 +353,7 @@ impl Session {
         // the norm before it, if any.
         let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
         let decode_kind = MatmulKind::decode(&gpu);
+        let prefill_kind = MatmulKind::prefill(&gpu);
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
                       x: &wgpu::Buffer,
@@ -392,7 +394,8 @@ impl Session {
             Ok(MatmulDispatch {
                 decode: make(decode_kind)?,
                 decode_kind,
-                tile: make(MatmulKind::Tile)?,
+                prefill: make(prefill_kind)?,
+                prefill_kind,
                 epilogue,
                 shape,
             })

@@ -1,7 +1,7 @@
 use sinkstar::gpu::{Gpu, TrackedBuffer};
 use sinkstar::kernels::matmul::{
     check_weight, matmul_cpu, upload_weight, CacheOutputs, Epilogue, Inputs, Matmul, MatmulError,
-    MatmulKind, Params, Prologue, Variant, WeightFormat, VEC_X_BYTES,
+    MatmulKind, Params, Prologue, SharedTile, Variant, WeightFormat, VEC_X_BYTES,
 };
 use sinkstar::model::quant::quantize;
 
@@ -21,11 +21,28 @@ fn tol(n_in: usize) -> Tol {
     }
 }
 
-/// Every kernel of one format: vec, subgroup (natively: the browser has no subgroups) and
-/// tile, raw and normalising, with every epilogue.
+/// The kinds every shape is checked with: both tiles of the shared form are one shader with
+/// other override constants, and a cold compile costs lavapipe about 3 s per pipeline (CI has
+/// no shader cache), so the sweep takes the small tile and
+/// `matmul_shared_tiles_span_several_row_tiles` both.
+const SWEPT: [MatmulKind; 4] = [
+    MatmulKind::Vec,
+    MatmulKind::Subgroup,
+    MatmulKind::Tile,
+    MatmulKind::Shared(SharedTile::SMALL),
+];
+
+/// Every kernel of one format: vec, subgroup (natively: the browser has no subgroups), tile
+/// and the small shared tile, raw and normalising, with every epilogue.
 fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
+    kernels_of(gpu, format, &SWEPT)
+}
+
+/// The kernels of `kinds` the device can run, in one format, raw and normalising, with every
+/// epilogue.
+fn kernels_of(gpu: &Gpu, format: WeightFormat, kinds: &[MatmulKind]) -> Vec<Matmul> {
     let mut all = Vec::new();
-    for kind in MatmulKind::ALL {
+    for &kind in kinds {
         if !gpu.features.contains(kind.features()) {
             continue;
         }
@@ -42,7 +59,9 @@ fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
 fn x_buffer(gpu: &Gpu, kind: MatmulKind, x: &[f32]) -> TrackedBuffer {
     let bytes: &[u8] = bytemuck::cast_slice(x);
     match kind {
-        MatmulKind::Tile | MatmulKind::Subgroup => gpu.storage_with("x", bytes).unwrap(),
+        MatmulKind::Tile | MatmulKind::Subgroup | MatmulKind::Shared(_) => {
+            gpu.storage_with("x", bytes).unwrap()
+        }
         MatmulKind::Vec => {
             use wgpu::BufferUsages as U;
             let size = VEC_X_BYTES.max(bytes.len() as u64);
@@ -336,10 +355,7 @@ async fn matmul_spills_grid_into_y(gpu: &Gpu) {
     )
     .unwrap();
     assert!(grid[1] > 1, "no spill: {grid:?}");
-    let kernels: Vec<Matmul> = kernels(gpu, WeightFormat::F32)
-        .into_iter()
-        .filter(|k| k.variant().kind == MatmulKind::Tile)
-        .collect();
+    let kernels = kernels_of(gpu, WeightFormat::F32, &[MatmulKind::Tile]);
     check_shape(gpu, &kernels, n_rows, n_in, n_out).await;
 }
 
@@ -684,4 +700,41 @@ async fn matmul_subgroup_form_where_the_device_has_subgroups(gpu: &Gpu) {
         );
         made.unwrap();
     }
+}
+
+gpu_test!(matmul_shared_tiles_span_several_row_tiles);
+/// The workgroup-memory forms over more rows than one tile of either size (70: one LARGE tile
+/// and a few rows, 130: past two), with a float format's tail after its last whole chunk.
+async fn matmul_shared_tiles_span_several_row_tiles(gpu: &Gpu) {
+    for (format, n_rows, n_in, n_out) in [
+        (WeightFormat::Q4_1, 70, 96, 67),
+        (WeightFormat::F32, 130, 36, 5),
+    ] {
+        let kinds = SharedTile::ALL.map(MatmulKind::Shared);
+        let kernels = kernels_of(gpu, format, &kinds);
+        assert_eq!(kernels.len(), 16, "2 tiles x 2 prologues x 4 epilogues");
+        check_shape(gpu, &kernels, n_rows, n_in, n_out).await;
+    }
+}
+
+cpu_test!(shared_tile_is_the_largest_the_limits_hold);
+fn shared_tile_is_the_largest_the_limits_hold() {
+    // WebGPU's guaranteed limits hold the 64 x 64 tile exactly (256 invocations, 16 KiB).
+    let webgpu = wgpu::Limits::default();
+    assert_eq!(SharedTile::for_limits(&webgpu), Some(SharedTile::LARGE));
+    assert_eq!(SharedTile::LARGE.workgroup_bytes(), 16384);
+    // The downlevel limits stop 32 bytes short of 16 KiB: the 32 x 32 tile.
+    let downlevel = wgpu::Limits::downlevel_defaults();
+    assert_eq!(downlevel.max_compute_workgroup_storage_size, 16352);
+    assert_eq!(SharedTile::for_limits(&downlevel), Some(SharedTile::SMALL));
+    // Room for the bytes but fewer than 256 invocations along x.
+    let narrow = wgpu::Limits {
+        max_compute_workgroup_size_x: 128,
+        ..webgpu.clone()
+    };
+    assert_eq!(SharedTile::for_limits(&narrow), Some(SharedTile::SMALL));
+    // Below even the small tile (a device without compute shaders: WebGL's limits): no
+    // shared form, and prefill keeps the register tiles.
+    let none = wgpu::Limits::downlevel_webgl2_defaults();
+    assert_eq!(SharedTile::for_limits(&none), None);
 }

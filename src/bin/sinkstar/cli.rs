@@ -50,8 +50,20 @@ pub struct Cli {
     /// 1 never splits [default: the CPU cores on a CPU adapter, 256 on a GPU]
     #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub decode_workgroups: Option<u32>,
+    /// Prefill's matmul form: `shared` (tiles staged in workgroup memory, sized to the
+    /// adapter's limits), `tile` (registers only), or `auto`: shared on GPUs, tile on CPU
+    /// drivers such as lavapipe
+    #[arg(long, global = true, value_enum, default_value_t = PrefillMatmul::Auto)]
+    pub prefill_matmul: PrefillMatmul,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PrefillMatmul {
+    Auto,
+    Tile,
+    Shared,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -323,6 +335,11 @@ pub fn gpu_options(cli: &Cli, adapter: Option<usize>) -> GpuOptions {
             Matvec::Subgroup => Some(true),
         },
         decode_workgroups: cli.decode_workgroups,
+        shared_prefill: match cli.prefill_matmul {
+            PrefillMatmul::Auto => None,
+            PrefillMatmul::Tile => Some(false),
+            PrefillMatmul::Shared => Some(true),
+        },
     }
 }
 
@@ -692,12 +709,14 @@ fn info(cli: &Cli) -> anyhow::Result<()> {
     let gpu = gpu(cli)?;
     let l = &gpu.limits;
     println!(
-        "chosen: {} ({:?}, {:?}), decode matvec: {}, decode attention over {} workgroups",
+        "chosen: {} ({:?}, {:?}), decode matvec: {}, decode attention over {} workgroups, \
+         prefill matmul: {}",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.device_type,
         MatmulKind::decode(&gpu).name(),
-        gpu.decode_workgroups
+        gpu.decode_workgroups,
+        MatmulKind::prefill(&gpu).name()
     );
     println!(
         "limits: storage binding {} MiB, buffer {} MiB, {} storage buffers/stage, \
