@@ -377,6 +377,9 @@ impl Variant {
                 Binding::ReadWrite,
                 Binding::ReadWrite,
             ],
+            // The tiled form's loops run to constants and its tile's keys (measured:
+            // PipelineSpec).
+            loop_bounding: matches!(self, Variant::Row { .. }),
         })
     }
 }

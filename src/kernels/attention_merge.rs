@@ -52,6 +52,7 @@ pub fn spec() -> Result<PipelineSpec, GpuError> {
             Binding::ReadWrite,
             Binding::ReadWrite,
         ],
+        loop_bounding: true,
     })
 }
 

@@ -51,6 +51,7 @@ pub fn spec(format: WeightFormat) -> Result<PipelineSpec, GpuError> {
             Binding::Read,
             Binding::ReadWrite,
         ],
+        loop_bounding: true,
     })
 }
 

@@ -618,6 +618,8 @@ impl Variant {
             .chain((self.epilogue == Epilogue::Split).then_some(Binding::Read))
             .chain((self.prologue == Prologue::RmsNorm).then_some(Binding::Read))
             .collect(),
+            // The register tiles' loops run to n_in and constants (measured: PipelineSpec).
+            loop_bounding: self.kind != MatmulKind::Tile,
         })
     }
 

@@ -375,6 +375,7 @@ impl Stage {
             overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
             features: wgpu::Features::empty(),
             bindings: self.bindings(),
+            loop_bounding: true,
         })
     }
 

@@ -28,6 +28,7 @@ pub fn spec() -> Result<PipelineSpec, GpuError> {
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
         features: wgpu::Features::empty(),
         bindings: vec![Binding::Uniform, Binding::Read, Binding::ReadWrite],
+        loop_bounding: true,
     })
 }
 
