@@ -175,6 +175,14 @@ fn swiglu(gate: f32, up: f32) -> f32 {
 const OUT_SHARE: u32 = 1u;
 #endif
 
+// The first row and first output of the workgroup's block of `rows` rows and `cols` outputs:
+// workgroups are laid out column group first, then row block; a 2-D grid spills into y.
+fn block_origin(wid: vec3<u32>, n_wg: vec3<u32>, rows: u32, cols: u32) -> vec2<u32> {
+    let n_col_groups = (params.n_out + cols - 1u) / cols;
+    let flat = wid.x + wid.y * n_wg.x;
+    return vec2<u32>(flat / n_col_groups * rows, flat % n_col_groups * cols);
+}
+
 #if MATVEC
 // acc + the 8 products of one group, kept as 4 partial sums.
 fn mac(acc: vec4<f32>, w: Group, x_lo: vec4<f32>, x_hi: vec4<f32>) -> vec4<f32> {
@@ -240,15 +248,12 @@ fn main(
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_size) lanes: u32,
 ) {
-    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
-    let group_cols = WG_ROWS / OUT_SHARE;
-    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
-    let flat = wid.x + wid.y * n_wg.x;
-    let r = flat / n_col_groups;
+    let origin = block_origin(wid, n_wg, 1u, WG_ROWS / OUT_SHARE);
+    let r = origin.x;
     if r >= params.n_rows {
         return;
     }
-    let o_first = flat % n_col_groups * group_cols;
+    let o_first = origin.y;
     let x_row = (params.first_row + r) * params.n_in;
 #if NORM
     let scale = norm_scale(subgroupAdd(squares(x_row, lane, lanes)));
@@ -289,15 +294,12 @@ fn main(
     @builtin(num_workgroups) n_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Workgroups are laid out column group first, then row; a 2-D grid spills into y.
-    let group_cols = 4u / OUT_SHARE * WG_SIZE;
-    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
-    let flat = wid.x + wid.y * n_wg.x;
-    let r = flat / n_col_groups;
+    let origin = block_origin(wid, n_wg, 1u, 4u / OUT_SHARE * WG_SIZE);
+    let r = origin.x;
     if r >= params.n_rows {
         return;
     }
-    let o = flat % n_col_groups * group_cols + lid;
+    let o = origin.y + lid;
     let x_row = (params.first_row + r) * params.n_in;
 #if SWIGLU
     let s = sums(w_row(o), w_row(o + WG_SIZE), up_row(o), up_row(o + WG_SIZE), x_row, 0u, 1u);
@@ -373,16 +375,13 @@ fn main(
 ) {
     let n_rows = params.n_rows;
     let n_in = params.n_in;
-    // Workgroups are laid out column group first, then row tile; a 2-D grid spills into y.
-    let group_cols = TILE_N / OUT_SHARE;
-    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
-    let flat = wid.x + wid.y * n_wg.x;
-    let tile_r0 = flat / n_col_groups * TILE_M;
+    let origin = block_origin(wid, n_wg, TILE_M, TILE_N / OUT_SHARE);
+    let tile_r0 = origin.x;
     // The whole workgroup leaves together, so the barriers below stay uniform.
     if tile_r0 >= n_rows {
         return;
     }
-    let o0 = flat % n_col_groups * group_cols;
+    let o0 = origin.y;
     // This invocation: rows tile_r0 + 4 tm ..+ 4 and tile columns tn + c TILE_N / 4 (c < 4;
     // with SWIGLU columns c and c + 2 are one output's gate and up).
     let tn = lid % (TILE_N / 4u);
@@ -466,15 +465,12 @@ fn main(
 ) {
     let n_rows = params.n_rows;
     let n_in = params.n_in;
-    // Workgroups are laid out column group first, then row tile; a 2-D grid spills into y.
-    let group_cols = 8u / OUT_SHARE * WG_SIZE;
-    let n_col_groups = (params.n_out + group_cols - 1u) / group_cols;
-    let flat = wid.x + wid.y * n_wg.x;
-    let r0 = flat / n_col_groups * 4u;
+    let origin = block_origin(wid, n_wg, 4u, 8u / OUT_SHARE * WG_SIZE);
+    let r0 = origin.x;
     if r0 >= n_rows {
         return;
     }
-    let o = flat % n_col_groups * group_cols + lid;
+    let o = origin.y + lid;
     let w0 = w_row(o);
     let w1 = w_row(o + WG_SIZE);
     let w2 = w_row(o + 2u * WG_SIZE);
