@@ -326,6 +326,12 @@ fn mac(acc: vec4<f32>, w: Group, x_lo: mat4x4<f32>, x_hi: mat4x4<f32>) -> vec4<f
     return acc + w.lo * x_lo + w.hi * x_hi;
 }
 
+// The flat index of row r of x (the step's row, after first_row). Rows past n_rows read the
+// last row instead, so that a tile's loads stay in bounds; `store` drops their results.
+fn x_row_at(r: u32) -> u32 {
+    return (params.first_row + min(r, params.n_rows - 1u)) * params.n_in;
+}
+
 fn x_rows(x0: u32, x1: u32, x2: u32, x3: u32, i: u32) -> mat4x4<f32> {
     let g = gamma4(i);
     return mat4x4<f32>(x4_at(x0 + i) * g, x4_at(x1 + i) * g, x4_at(x2 + i) * g, x4_at(x3 + i) * g);
@@ -394,13 +400,12 @@ fn main(
     var a3 = vec4<f32>();
     let n_chunks = n_in / CHUNK_ELEMS;
     for (var k = 0u; k < n_chunks; k++) {
-        // The tile's chunk of x: rows past n_rows read the last row; `store` drops them.
+        // The tile's chunk of x.
         for (var e = lid; e < TILE_M * 8u; e += WG_SIZE) {
             let m = e / 8u;
             let q = e % 8u;
             let i = k * CHUNK_ELEMS + 4u * q;
-            let x_row = (params.first_row + min(tile_r0 + m, n_rows - 1u)) * n_in;
-            xs[q * TILE_M + m] = x4_at(x_row + i) * gamma4(i);
+            xs[q * TILE_M + m] = x4_at(x_row_at(tile_r0 + m) + i) * gamma4(i);
         }
         // Its weights, decoded once for all TILE_M rows: one group of one row per step.
         for (var e = lid; e < TILE_N * 4u; e += WG_SIZE) {
@@ -426,10 +431,10 @@ fn main(
         // The next chunk overwrites both tiles.
         workgroupBarrier();
     }
-    let x0 = (params.first_row + min(r0, n_rows - 1u)) * n_in;
-    let x1 = (params.first_row + min(r0 + 1u, n_rows - 1u)) * n_in;
-    let x2 = (params.first_row + min(r0 + 2u, n_rows - 1u)) * n_in;
-    let x3 = (params.first_row + min(r0 + 3u, n_rows - 1u)) * n_in;
+    let x0 = x_row_at(r0);
+    let x1 = x_row_at(r0 + 1u);
+    let x2 = x_row_at(r0 + 2u);
+    let x3 = x_row_at(r0 + 3u);
     let w0 = tile_row(o0, tn);
     let w1 = tile_row(o0, tn + quarter);
     let w2 = tile_row(o0, tn + 2u * quarter);
@@ -486,11 +491,10 @@ fn main(
     let w6 = w_row(o + 6u * WG_SIZE);
     let w7 = w_row(o + 7u * WG_SIZE);
 #endif
-    // Rows past n_rows read the last row; `store` drops their results.
-    let x0 = (params.first_row + min(r0, n_rows - 1u)) * n_in;
-    let x1 = (params.first_row + min(r0 + 1u, n_rows - 1u)) * n_in;
-    let x2 = (params.first_row + min(r0 + 2u, n_rows - 1u)) * n_in;
-    let x3 = (params.first_row + min(r0 + 3u, n_rows - 1u)) * n_in;
+    let x0 = x_row_at(r0);
+    let x1 = x_row_at(r0 + 1u);
+    let x2 = x_row_at(r0 + 2u);
+    let x3 = x_row_at(r0 + 3u);
     // a<c>[j] = out[r0 + j, o + c * WG_SIZE].
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
