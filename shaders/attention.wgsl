@@ -26,13 +26,23 @@
 //     and before it), so the key turns by u - base and the query by t - base, base = lo(first row of the
 //     tile) <= every visible window key; sinks keep their own frame (key at u, query at q_pos(t)). The
 //     table then needs window + TILE_ROWS - 1 rows for the window frame (Params::n_pos_tile on the host).
-// Flags: TILE (with QUAD), or the row form with QUAD where head_dim is a multiple of 4. Overrides, row:
-// WG_SIZE, UNITS (head_dim / 4 with QUAD, else / 2), ACC_ELEMS (= WG_SIZE * UNITS); TILE: GROUP (query heads per kv head), QUADS (head_dim / 4), ROWS_PER_THREAD,
-// TILE_ROWS, WG_SIZE (= TILE_ROWS / ROWS_PER_THREAD * GROUP).
+//   OUTPUT (row form, decode, one part): after its head's output the workgroup also multiplies it by
+//     that head's head_dim columns of the output projection W_o [OUT_DIM, n_heads head_dim] (raw ggml
+//     blocks, common/quant.wgsl; head_dim a multiple of 32), one thread per output, and writes the
+//     head's share of W_o·a to `residual`, the residual stream's buffer, at row (1 + head) n_rows + r:
+//     after the step's rows, which it leaves alone. The FFN's matmuls sum those parts into the stream
+//     (matmul.wgsl's X_PARTS, OUT_PARTS), so the projection and its residual add take no dispatch.
+// Flags: TILE (with QUAD), or the row form with QUAD where head_dim is a multiple of 4; OUTPUT (with QUAD)
+// and one weight format's flag. Overrides, row: WG_SIZE, UNITS (head_dim / 4 with QUAD, else / 2),
+// ACC_ELEMS (= WG_SIZE * UNITS), OUTPUT's OUT_DIM; TILE: GROUP (query heads per kv head), QUADS
+// (head_dim / 4), ROWS_PER_THREAD, TILE_ROWS, WG_SIZE (= TILE_ROWS / ROWS_PER_THREAD * GROUP).
 // Spec: sink-window.md §3 (visibility, cache positions) and §4 option A (raw keys rotated at attention time);
 // star.md §3 (the single-pass phase-1 mask) and §4 (partial attention and its LSE).
 
 #include "common/rope.wgsl"
+#if OUTPUT
+#include "common/quant.wgsl"
+#endif
 
 // Finite stand-in for -inf (WGSL has no infinity literal): exp(NEG_BIG - x) underflows to 0 for any
 // real score x, so a state that has seen no key contributes nothing when merged.
@@ -78,6 +88,10 @@ fn rotate(x: vec, cs: vec) -> vec {
 @group(0) @binding(5) var<storage, read> rope: array<vec>;            // [n_pos, head_dim / 2] of (cos θ, sin θ)
 @group(0) @binding(6) var<storage, read_write> out: array<vec>;       // [n_parts, n_rows, n_heads, head_dim]
 @group(0) @binding(7) var<storage, read_write> lse: array<f32>;       // [n_parts, n_rows, n_heads]
+#if OUTPUT
+@group(0) @binding(8) var<storage, read> weight: array<u32>;          // W_o [OUT_DIM, row_bytes(n_heads head_dim) / 4]
+@group(0) @binding(9) var<storage, read_write> residual: array<f32>;  // [(1 + n_heads) n_rows, OUT_DIM]
+#endif
 
 // The first slot in 0..n_slots whose token is >= `token` (n_slots if none), for ascending slot_token.
 fn first_slot_from(token: u32) -> u32 {
@@ -394,6 +408,44 @@ fn main(
             total += merged[i * WG_SIZE + j];
         }
         out[flat * UNITS + i] = total * inv_sum;
+#if OUTPUT
+        head_out[i] = total * inv_sum;
+#endif
+    }
+#if OUTPUT
+    // Every thread reads the whole head.
+    workgroupBarrier();
+    project_head(row_head, lid);
+#endif
+}
+
+#if OUTPUT
+// The model's width: W_o's rows.
+override OUT_DIM: u32 = 576u;
+var<workgroup> head_out: array<vec, UNITS>;
+
+// The head's share of the output projection, Σ_i W_o[o, head head_dim + i] head_out[i] for every
+// output o, from the head's head_dim / 32 chunks of each row of W_o.
+fn project_head(row_head: u32, lid: u32) {
+    let head = row_head % params.n_heads;
+    let r = row_head / params.n_heads;
+    let n_chunks = params.head_dim / CHUNK_ELEMS;
+    let first_chunk = head * n_chunks;
+    let w_row_bytes = row_bytes(params.n_heads * params.head_dim);
+    let part = ((1u + head) * params.n_rows + r) * OUT_DIM;
+    for (var o = lid; o < OUT_DIM; o += WG_SIZE) {
+        var sum = vec4<f32>();
+        for (var c = 0u; c < n_chunks; c++) {
+            let chunk = chunk_at(o * w_row_bytes, first_chunk + c);
+            for (var g = 0u; g < 4u; g++) {
+                let w = group_at(chunk, g);
+                let lo = head_out[(c * CHUNK_ELEMS + lo_offset(g)) / 4u];
+                let hi = head_out[(c * CHUNK_ELEMS + hi_offset(g)) / 4u];
+                sum = fma(w.lo, lo, fma(w.hi, hi, sum));
+            }
+        }
+        residual[part + o] = dot(sum, vec4<f32>(1.0));
     }
 }
+#endif
 #endif

@@ -9,6 +9,12 @@
 // invocation multiplies x by gamma as it loads it and scales its sums at the end; it computes the
 // row's sum of squares itself (a second pass over x: redundant across invocations, but cheaper
 // than a dispatch and a round trip through memory).
+// With X_PARTS (before NORM: the FFN's norm in decode) x is the residual stream held as the
+// buffer's first_row + n_rows rows plus n_parts parts of as many rows after them, summed as x is
+// loaded: the heads' shares of the output projection, which attention.wgsl writes there (its
+// OUTPUT form), so the projection and its residual add need no dispatch of their own. With
+// OUT_PARTS (after ACCUMULATE: the down projection) out is held the same way, and
+// out[r, o] += sum + the parts' [r, o]: the same parts' residual add, where the stream is written.
 // W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by common/quant.wgsl and never
 // expanded in memory.
 // No barriers, no workgroup memory: CPU drivers run those 5-10x slower. The invocations of a
@@ -30,7 +36,8 @@
 //     outputs).
 // n_in is a multiple of 32 for quant formats and of 4 for float ones (checked on the host).
 // Flags: one of F32, F16, BF16, Q4_0, Q4_1, Q8_0; MATVEC with UNIFORM_X (vec) or SUBGROUP (subgroup),
-// neither for tile; one of ACCUMULATE, SWIGLU, SPLIT; NORM.
+// neither for tile; one of ACCUMULATE (optionally with OUT_PARTS), SWIGLU, SPLIT; NORM (optionally
+// with X_PARTS).
 // Overrides: WG_SIZE. Spec: none (sink-window.md §4 option A for the cache: keys go in raw).
 
 #include "common/quant.wgsl"
@@ -49,7 +56,8 @@ struct Params {
     capacity: u32,
     // NORM: RMSNorm's epsilon.
     eps: f32,
-    _pad0: u32,
+    // X_PARTS, OUT_PARTS: the parts held after the stream's rows.
+    n_parts: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -76,9 +84,18 @@ const X_VEC4S: u32 = 4096u;
 #endif
 #endif
 
-// x[e .. e + 4] for a flat index e (a multiple of 4).
+// x[e .. e + 4] for a flat index e (a multiple of 4); with X_PARTS, plus the parts' values there.
 fn x4_at(e: u32) -> vec4<f32> {
+#if X_PARTS
+    var sum = x[e >> 2u];
+    let stride = (params.first_row + params.n_rows) * params.n_in;
+    for (var p = 1u; p <= params.n_parts; p++) {
+        sum += x[(e + p * stride) >> 2u];
+    }
+    return sum;
+#else
     return x[e >> 2u];
+#endif
 }
 
 // What multiplies x[r, i .. i + 4] elementwise: RMSNorm's weight with NORM, else 1 (folded away).
@@ -142,10 +159,19 @@ fn store(r: u32, o: u32, value: f32) {
         }
 #else
         let at = r * params.n_out + o;
+#if OUT_PARTS
+        var sum = value;
+        let stride = params.n_rows * params.n_out;
+        for (var p = 1u; p <= params.n_parts; p++) {
+            sum += out[at + p * stride];
+        }
+        out[at] += sum;
+#else
 #if ACCUMULATE
         out[at] += value;
 #else
         out[at] = value;
+#endif
 #endif
 #endif
     }
@@ -184,6 +210,41 @@ fn block_origin(wid: vec3<u32>, n_wg: vec3<u32>, rows: u32, cols: u32) -> vec2<u
 }
 
 #if MATVEC
+#if STAGE_X
+// The workgroup's row of x, normalised by gamma (not yet by 1 / rms) and with its parts summed:
+// computed once by the whole workgroup rather than by each invocation (n_in <= 4 STAGED_VEC4S,
+// checked on the host), and the invocations' shares of its sum of squares.
+const STAGED_VEC4S: u32 = 512u;
+var<workgroup> x_staged: array<vec4<f32>, STAGED_VEC4S>;
+var<workgroup> squares_part: array<f32, WG_SIZE>;
+
+// Stages the row of x at flat index x_row; returns its 1 / rms. Every invocation must call it.
+fn stage_x(x_row: u32, lid: u32) -> f32 {
+    var sq = 0.0;
+    for (var q = lid; q < params.n_in / 4u; q += WG_SIZE) {
+        let v = x4_at(x_row + 4u * q);
+        sq += dot(v, v);
+        x_staged[q] = v * gamma4(4u * q);
+    }
+    squares_part[lid] = sq;
+    workgroupBarrier();
+    var sum = 0.0;
+    for (var j = 0u; j < WG_SIZE; j++) {
+        sum += squares_part[j];
+    }
+    return norm_scale(sum);
+}
+#endif
+
+// x[x_row + i ..+ 4] times gamma: what weights i ..+ 4 multiply.
+fn x_in(x_row: u32, i: u32) -> vec4<f32> {
+#if STAGE_X
+    return x_staged[i >> 2u];
+#else
+    return x4_at(x_row + i) * gamma4(i);
+#endif
+}
+
 // acc + the 8 products of one group, kept as 4 partial sums.
 fn mac(acc: vec4<f32>, w: Group, x_lo: vec4<f32>, x_hi: vec4<f32>) -> vec4<f32> {
     return fma(w.lo, x_lo, fma(w.hi, x_hi, acc));
@@ -216,8 +277,8 @@ fn sums(w0: u32, w1: u32, w2: u32, w3: u32, x_row: u32, first: u32, step: u32) -
         for (var g = 0u; g < 4u; g++) {
             let lo = k * CHUNK_ELEMS + lo_offset(g);
             let hi = k * CHUNK_ELEMS + hi_offset(g);
-            let x_lo = x4_at(x_row + lo) * gamma4(lo);
-            let x_hi = x4_at(x_row + hi) * gamma4(hi);
+            let x_lo = x_in(x_row, lo);
+            let x_hi = x_in(x_row, hi);
             a0 = mac(a0, group_at(c0, g), x_lo, x_hi);
             a1 = mac(a1, group_at(c1, g), x_lo, x_hi);
             a2 = mac(a2, group_at(c2, g), x_lo, x_hi);
@@ -226,7 +287,7 @@ fn sums(w0: u32, w1: u32, w2: u32, w3: u32, x_row: u32, first: u32, step: u32) -
     }
     // Float formats only (their block is one weight): the weights after the last whole chunk.
     for (var i = n_chunks * CHUNK_ELEMS + 4u * first; i < n_in; i += 4u * step) {
-        let xi = x4_at(x_row + i) * gamma4(i);
+        let xi = x_in(x_row, i);
         a0 = fma(weights4_at(w0, i), xi, a0);
         a1 = fma(weights4_at(w1, i), xi, a1);
         a2 = fma(weights4_at(w2, i), xi, a2);
@@ -301,13 +362,18 @@ fn main(
     }
     let o = origin.y + lid;
     let x_row = (params.first_row + r) * params.n_in;
+#if STAGE_X
+    let row_scale = stage_x(x_row, lid);
+#else
+    let row_scale = row_scale(x_row);
+#endif
 #if SWIGLU
     let s = sums(w_row(o), w_row(o + WG_SIZE), up_row(o), up_row(o + WG_SIZE), x_row, 0u, 1u);
 #else
     let s = sums(w_row(o), w_row(o + WG_SIZE), w_row(o + 2u * WG_SIZE), w_row(o + 3u * WG_SIZE), x_row, 0u, 1u);
 #endif
     // dot(a, scale): the sum of a's partial sums, times the row's scale.
-    let scale = vec4<f32>(row_scale(x_row));
+    let scale = vec4<f32>(row_scale);
 #if SWIGLU
     store(r, o, swiglu(dot(s.a0, scale), dot(s.a2, scale)));
     store(r, o + WG_SIZE, swiglu(dot(s.a1, scale), dot(s.a3, scale)));

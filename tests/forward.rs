@@ -36,8 +36,8 @@ fn assert_values_close(what: &str, gpu: &[f32], cpu: &[f32]) {
     eprintln!("{what}: max abs error {worst:.2e} at {at}");
 }
 
-fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) {
-    check_on(gpu(), tiny, prompt_len, max_chunk, n_decode, 64);
+fn check(tiny: &Tiny, prompt_len: usize, max_chunk: usize, n_decode: usize) -> Session {
+    check_on(gpu(), tiny, prompt_len, max_chunk, n_decode, 64)
 }
 
 /// Prefill of `prompt_len` tokens in chunks of `max_chunk`, then `n_decode` greedy steps, in
@@ -206,6 +206,62 @@ fn split_decode_attention_matches_the_cpu_reference() {
 }
 
 #[test]
+fn decode_with_the_output_projection_in_attention_matches_the_cpu_reference() {
+    // Heads of 32 (one whole chunk of W_o's row per head), 3 query heads per kv head as in the
+    // default model: decode computes each head's share of the output projection in attention,
+    // and the FFN's matmuls sum the parts into the stream (vec and subgroup matvecs).
+    let tiny = |format| Tiny {
+        dim: 96,
+        n_heads: 3,
+        n_kv_heads: 1,
+        format,
+        embed_format: format,
+        seed: 11,
+        ..Tiny::default()
+    };
+    let per_layer = |session: &Session, per_layer: usize| {
+        assert_eq!(
+            session.step_dispatches(),
+            1 + per_layer * Tiny::default().n_layers + 2
+        );
+    };
+    for format in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::BF16] {
+        let session = check(&tiny(format), 13, 5, 4);
+        assert!(session.projects_in_attention());
+        per_layer(&session, 4);
+        if format == GgmlType::Q4_1 {
+            // The profile leaves out the part the step no longer runs.
+            let parts: Vec<Part> = session
+                .profile_decode(1)
+                .unwrap()
+                .iter()
+                .map(|(part, _)| *part)
+                .collect();
+            let ran: Vec<Part> = Part::ALL
+                .into_iter()
+                .filter(|p| *p != Part::Output)
+                .collect();
+            assert_eq!(parts, ran);
+        }
+    }
+    let device = |options| Arc::new(Gpu::new_blocking(&options).unwrap());
+    let subgroup = device(GpuOptions {
+        subgroup_matvec: Some(true),
+        ..GpuOptions::default()
+    });
+    let session = check_on(subgroup, &tiny(GgmlType::Q4_0), 13, 5, 4, 64);
+    assert!(session.projects_in_attention());
+    // Told not to: the projection is a matmul of its own again, a fifth dispatch.
+    let separate = device(GpuOptions {
+        fuse_output_projection: Some(false),
+        ..GpuOptions::default()
+    });
+    let session = check_on(separate, &tiny(GgmlType::Q4_1), 13, 5, 4, 64);
+    assert!(!session.projects_in_attention());
+    per_layer(&session, 5);
+}
+
+#[test]
 fn untied_head_and_mixed_formats() {
     let tiny = Tiny {
         format: GgmlType::Q4_1,
@@ -282,8 +338,9 @@ fn a_decode_step_is_one_submission_of_counted_dispatches_and_profiles_by_part() 
     session.decode(&greedy).unwrap();
     assert_eq!(session.n_submissions(), submitted + 1);
     // Embed; per layer the norm with q/k/v and the cache write in one matmul, attention, the
-    // output projection with its residual, the norm with gate/up and SwiGLU, down with its
-    // residual; then the final norm with the head, and the sampler.
+    // output projection with its residual (its own matmul: heads of 16 are not whole 32-value
+    // chunks of W_o, which attention's fused projection reads), the norm with gate/up and
+    // SwiGLU, down with its residual; then the final norm with the head, and the sampler.
     assert_eq!(session.step_dispatches(), 1 + 5 * tiny.n_layers + 2);
     let profile = session.profile_decode(1).unwrap();
     let parts: Vec<Part> = profile.iter().map(|(part, _)| *part).collect();

@@ -29,6 +29,12 @@ pub struct GpuOptions {
     /// form) rather than registers only (`tile`): `None` on adapters that are not CPUs (CPU
     /// drivers run barriers 5-10x slower).
     pub shared_prefill: Option<bool>,
+    /// Whether decode folds each head's share of the attention output projection into the
+    /// attention kernel, whose parts the FFN's matmuls then sum into the residual stream (4
+    /// dispatches a layer instead of 5): `None` or `Some(true)` wherever the model's shapes allow
+    /// it (heads of whole 32-value chunks, parts that fit the vec matvec's uniform x);
+    /// `Some(false)` keeps the projection a matmul of its own (for comparison).
+    pub fuse_output_projection: Option<bool>,
 }
 
 /// [`GpuOptions::decode_workgroups`] on adapters that are not CPUs: WebGPU does not say how
@@ -63,6 +69,8 @@ pub struct Gpu {
     pub decode_workgroups: u32,
     /// Prefill's matmuls use workgroup-memory tiles ([`GpuOptions::shared_prefill`]).
     pub shared_prefill: bool,
+    /// [`GpuOptions::fuse_output_projection`], resolved.
+    pub fuse_output_projection: bool,
     /// Features the adapter offers.
     pub adapter_features: wgpu::Features,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
@@ -240,6 +248,7 @@ impl Gpu {
             subgroup_matvec,
             decode_workgroups: decode_workgroups.max(1),
             shared_prefill,
+            fuse_output_projection: options.fuse_output_projection.unwrap_or(true),
             adapter_features,
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(Allocated::default()),

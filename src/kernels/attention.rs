@@ -17,8 +17,10 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::matmul::{padded_weight_bytes, WeightFormat};
 use super::shader_source;
 use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
+use crate::model::quant::dequantize;
 
 /// `slot_token` value of a slot that holds no token.
 pub const EMPTY_SLOT: u32 = u32::MAX;
@@ -54,6 +56,9 @@ pub enum AttentionError {
     Anchor { anchor: u32, block: u32 },
     #[error("attention: kernel `{variant}` cannot split a row's keys into {n_parts} parts")]
     Parts { variant: String, n_parts: u32 },
+    #[error("attention: the fused output projection reads whole 32-value chunks of a head: head_dim {head_dim} is not a multiple of 32")]
+    ProjectionHeadDim { head_dim: u32 },
+
     #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
     BufferSize {
         kernel: &'static str,
@@ -202,13 +207,28 @@ pub fn decode_parts(n_slots: u32, n_vecs: u32, target_workgroups: u32) -> u32 {
     wanted.min(n_slots / MIN_PART_SLOTS).clamp(1, MAX_PARTS)
 }
 
+/// The row form's fused output projection (the shader's OUTPUT): each head's output times its
+/// `head_dim` columns of `W_o [dim, n_heads * head_dim]`, stored in `format`, written as that
+/// head's part of the residual stream after the step's rows, where the FFN's matmuls sum the
+/// parts in (`matmul::Prologue::PartsRmsNorm`, `matmul::Epilogue::AccumulateParts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    pub format: WeightFormat,
+    /// W_o's rows: the model's width.
+    pub dim: u32,
+}
+
 /// One pipeline variant of the two forms (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     /// Decode: one workgroup per (row, head), `wg_size` threads sharing its slots; loops over
     /// exactly `head_dim` (even; read as quads where it is a multiple of 4, else as pairs), a
-    /// constant per pipeline.
-    Row { head_dim: u32, wg_size: u32 },
+    /// constant per pipeline; with `output`, each head's share of the output projection after.
+    Row {
+        head_dim: u32,
+        wg_size: u32,
+        output: Option<Projection>,
+    },
     /// Prefill: one workgroup per ([`TILE_ROWS`] rows, kv head), one thread per query of the
     /// `group` query heads that share the kv head; loops over exactly `head_dim` (a multiple of
     /// 4, read as vec4s), a constant per pipeline.
@@ -230,7 +250,12 @@ impl Variant {
                 .into_iter()
                 .map(move |group| Variant::Tile { head_dim, group })
         });
-        rows.chain(tiles).collect()
+        // The projection in every format, at the default model's width.
+        let projected = WeightFormat::ALL.into_iter().map(|format| {
+            Variant::row_projecting(64, Projection { format, dim: 576 })
+                .expect("a head of two chunks")
+        });
+        rows.chain(tiles).chain(projected).collect()
     }
 
     /// The row variant for `head_dim` (even, at most [`ROW_MAX_HEAD_DIM`]): 64 threads up to
@@ -244,7 +269,28 @@ impl Variant {
             });
         }
         let wg_size = if head_dim <= 64 { 64 } else { 32 };
-        Ok(Variant::Row { head_dim, wg_size })
+        Ok(Variant::Row {
+            head_dim,
+            wg_size,
+            output: None,
+        })
+    }
+
+    /// [`Variant::row_for`] with the fused output projection (`head_dim` a multiple of 32).
+    pub fn row_projecting(head_dim: u32, output: Projection) -> Result<Variant, AttentionError> {
+        if !head_dim.is_multiple_of(32) {
+            return Err(AttentionError::ProjectionHeadDim { head_dim });
+        }
+        match Variant::row_for(head_dim)? {
+            Variant::Row {
+                head_dim, wg_size, ..
+            } => Ok(Variant::Row {
+                head_dim,
+                wg_size,
+                output: Some(output),
+            }),
+            tile => Ok(tile),
+        }
     }
 
     /// The tiled variant for `n_heads` query heads over `n_kv_heads` kv heads of `head_dim`.
@@ -275,6 +321,14 @@ impl Variant {
         Ok(Variant::Tile { head_dim, group })
     }
 
+    /// The fused output projection, if any.
+    pub fn projection(&self) -> Option<Projection> {
+        match *self {
+            Variant::Row { output, .. } => output,
+            Variant::Tile { .. } => None,
+        }
+    }
+
     pub fn max_head_dim(&self) -> u32 {
         match *self {
             Variant::Row { .. } => ROW_MAX_HEAD_DIM,
@@ -291,7 +345,16 @@ impl Variant {
 
     pub fn label(&self) -> String {
         match *self {
-            Variant::Row { head_dim, wg_size } => format!("attention_hd{head_dim}_wg{wg_size}"),
+            Variant::Row {
+                head_dim,
+                wg_size,
+                output,
+            } => match output {
+                None => format!("attention_hd{head_dim}_wg{wg_size}"),
+                Some(Projection { format, dim }) => {
+                    format!("attention_hd{head_dim}_wg{wg_size}_out{dim}_{format}")
+                }
+            },
             Variant::Tile { head_dim, group } => format!("attention_tile_hd{head_dim}_g{group}"),
         }
     }
@@ -300,9 +363,15 @@ impl Variant {
     /// and two per-thread f32 arrays; the tiled form has none.
     pub fn workgroup_bytes(&self) -> u64 {
         match *self {
-            Variant::Row { head_dim, wg_size } => {
+            Variant::Row {
+                head_dim,
+                wg_size,
+                output,
+            } => {
                 let wg = u64::from(wg_size);
-                wg * u64::from(head_dim) * 4 + 2 * wg * 4
+                // The projection's copy of the head.
+                let head = if output.is_some() { 1 } else { 0 };
+                (wg + head) * u64::from(head_dim) * 4 + 2 * wg * 4
             }
             Variant::Tile { .. } => 0,
         }
@@ -334,21 +403,29 @@ impl Variant {
 
     pub fn spec(&self) -> Result<PipelineSpec, GpuError> {
         let (source, overrides) = match *self {
-            Variant::Row { head_dim, wg_size } => {
-                // Quads where the head allows: half the loads of pairs.
-                let (defines, units): (&[&str], u32) = if head_dim.is_multiple_of(4) {
-                    (&["QUAD"], head_dim / 4)
+            Variant::Row {
+                head_dim,
+                wg_size,
+                output,
+            } => {
+                // Quads where the head allows: half the loads of pairs (a projected head, a
+                // multiple of 32, always does).
+                let (mut defines, units) = if head_dim.is_multiple_of(4) {
+                    (vec!["QUAD"], head_dim / 4)
                 } else {
-                    (&[], head_dim / 2)
+                    (vec![], head_dim / 2)
                 };
-                (
-                    shader_source("attention.wgsl", defines)?,
-                    vec![
-                        ("WG_SIZE".into(), f64::from(wg_size)),
-                        ("UNITS".into(), f64::from(units)),
-                        ("ACC_ELEMS".into(), f64::from(wg_size * units)),
-                    ],
-                )
+                let mut overrides = vec![
+                    ("WG_SIZE".into(), f64::from(wg_size)),
+                    ("UNITS".into(), f64::from(units)),
+                    ("ACC_ELEMS".into(), f64::from(wg_size * units)),
+                ];
+                if let Some(Projection { format, dim }) = output {
+                    defines.push("OUTPUT");
+                    defines.extend(format.defines());
+                    overrides.push(("OUT_DIM".into(), f64::from(dim)));
+                }
+                (shader_source("attention.wgsl", &defines)?, overrides)
             }
             Variant::Tile { head_dim, group } => (
                 shader_source("attention.wgsl", &["TILE", "QUAD"])?,
@@ -367,7 +444,7 @@ impl Variant {
             entry: "main",
             overrides,
             features: wgpu::Features::empty(),
-            bindings: vec![
+            bindings: [
                 Binding::Uniform,
                 Binding::Read,
                 Binding::Read,
@@ -376,7 +453,12 @@ impl Variant {
                 Binding::Read,
                 Binding::ReadWrite,
                 Binding::ReadWrite,
-            ],
+            ]
+            .into_iter()
+            // The projection's weight and the residual buffer.
+            .chain(self.projection().map(|_| Binding::Read))
+            .chain(self.projection().map(|_| Binding::ReadWrite))
+            .collect(),
             // The tiled form's loops run to constants and its tile's keys (measured:
             // PipelineSpec).
             loop_bounding: matches!(self, Variant::Row { .. }),
@@ -408,6 +490,15 @@ pub struct Buffers<'a> {
     pub lse: &'a wgpu::Buffer,
 }
 
+/// What the fused output projection binds besides [`Buffers`].
+pub struct ProjectionBuffers<'a> {
+    /// `W_o [dim, n_heads * head_dim]` as `matmul::upload_weight` stores it.
+    pub weight: &'a wgpu::Buffer,
+    /// The residual stream's buffer, `[(1 + n_heads) * n_rows, dim]`: head `h`'s part of row
+    /// `r` goes to row `(1 + h) * n_rows + r`; rows `0..n_rows` are left alone.
+    pub residual: &'a wgpu::Buffer,
+}
+
 pub struct Attention {
     kernel: Arc<Kernel>,
     variant: Variant,
@@ -417,6 +508,15 @@ impl Attention {
     /// The row form (decode) of the smallest variant that holds `head_dim`.
     pub fn row(gpu: &Gpu, head_dim: u32) -> Result<Attention, AttentionError> {
         Attention::with_variant(gpu, Variant::row_for(head_dim)?)
+    }
+
+    /// The row form with the fused output projection ([`Projection`]).
+    pub fn row_projecting(
+        gpu: &Gpu,
+        head_dim: u32,
+        output: Projection,
+    ) -> Result<Attention, AttentionError> {
+        Attention::with_variant(gpu, Variant::row_projecting(head_dim, output)?)
     }
 
     /// The tiled form (prefill) for heads of `head_dim`, `n_heads` over `n_kv_heads`.
@@ -478,6 +578,30 @@ impl Attention {
         params: &Params,
         buffers: &Buffers,
     ) -> Result<Dispatch, AttentionError> {
+        self.bind(gpu, params_binding, params, buffers, None)
+    }
+
+    /// [`Attention::dispatch`] of a variant with the fused output projection, one part
+    /// (`params.n_parts == 1`), writing the heads' parts to `projection.residual`.
+    pub fn dispatch_projecting(
+        &self,
+        gpu: &Gpu,
+        params_binding: wgpu::BindingResource,
+        params: &Params,
+        buffers: &Buffers,
+        projection: &ProjectionBuffers,
+    ) -> Result<Dispatch, AttentionError> {
+        self.bind(gpu, params_binding, params, buffers, Some(projection))
+    }
+
+    fn bind(
+        &self,
+        gpu: &Gpu,
+        params_binding: wgpu::BindingResource,
+        params: &Params,
+        buffers: &Buffers,
+        projection: Option<&ProjectionBuffers>,
+    ) -> Result<Dispatch, AttentionError> {
         params.validate(self.variant.max_head_dim())?;
         // A pipeline serves one head width (and the tiled form one GQA grouping).
         let (head_dim, group) = match self.variant {
@@ -492,9 +616,13 @@ impl Attention {
                 head_dim: params.head_dim,
             });
         }
+        // A projected head's parts are its whole output: one part of the walk.
         let split_ok = match self.variant {
-            Variant::Row { .. } => params.n_parts >= 1,
-            Variant::Tile { .. } => params.n_parts == 1,
+            Variant::Row { output: None, .. } => params.n_parts >= 1,
+            Variant::Row {
+                output: Some(_), ..
+            }
+            | Variant::Tile { .. } => params.n_parts == 1,
         };
         if !split_ok {
             return Err(AttentionError::Parts {
@@ -522,21 +650,44 @@ impl Attention {
         ] {
             check_size("attention", what, buffer, n_elems)?;
         }
+        let mut bindings = vec![
+            params_binding,
+            buffers.q.as_entire_binding(),
+            buffers.k_cache.as_entire_binding(),
+            buffers.v_cache.as_entire_binding(),
+            buffers.slot_token.as_entire_binding(),
+            buffers.rope.as_entire_binding(),
+            buffers.out.as_entire_binding(),
+            buffers.lse.as_entire_binding(),
+        ];
+        // A projection given to a variant without one (or none to one with) leaves the bind
+        // group a binding short or over: `Kernel::bind` names the kernel and both counts.
+        if let (Some(output), Some(projection)) = (self.variant.projection(), projection) {
+            let q_dim = u64::from(params.n_heads) * hd;
+            let row_bytes = output
+                .format
+                .row_bytes(q_dim as usize)
+                .unwrap_or(usize::MAX);
+            let needed = padded_weight_bytes(row_bytes.saturating_mul(output.dim as usize));
+            if projection.weight.size() != needed {
+                return Err(AttentionError::BufferSize {
+                    kernel: "attention",
+                    what: "weight",
+                    bytes: projection.weight.size(),
+                    needed,
+                });
+            }
+            let residual =
+                (1 + u64::from(params.n_heads)) * u64::from(params.n_rows) * u64::from(output.dim);
+            check_size("attention", "residual", projection.residual, residual)?;
+        }
+        if let Some(projection) = projection {
+            bindings.push(projection.weight.as_entire_binding());
+            bindings.push(projection.residual.as_entire_binding());
+        }
         Ok(Dispatch {
             kernel: self.kernel.clone(),
-            bind_group: self.kernel.bind(
-                gpu,
-                &[
-                    params_binding,
-                    buffers.q.as_entire_binding(),
-                    buffers.k_cache.as_entire_binding(),
-                    buffers.v_cache.as_entire_binding(),
-                    buffers.slot_token.as_entire_binding(),
-                    buffers.rope.as_entire_binding(),
-                    buffers.out.as_entire_binding(),
-                    buffers.lse.as_entire_binding(),
-                ],
-            )?,
+            bind_group: self.kernel.bind(gpu, &bindings)?,
             workgroups: self.variant.grid(gpu, params)?,
         })
     }
@@ -668,4 +819,44 @@ pub fn attention_cpu(
         }
     }
     lse
+}
+
+/// CPU reference of the fused output projection: each row `r` and head `h` of `att`
+/// (`[n_rows, n_heads, head_dim]`, as [`attention_cpu`] writes it) times that head's columns of
+/// `W_o` (`weight`: `[output.dim, n_heads * head_dim]` in `output.format`), decoded with
+/// `model::quant`. Returns the parts as the residual buffer holds them after the step's rows,
+/// `[n_heads, n_rows, dim]`.
+pub fn project_heads_cpu(
+    output: Projection,
+    weight: &[u8],
+    params: &Params,
+    att: &[f32],
+) -> Result<Vec<f32>, AttentionError> {
+    let (hd, n_heads, n_rows) = (
+        params.head_dim as usize,
+        params.n_heads as usize,
+        params.n_rows as usize,
+    );
+    let (dim, q_dim) = (output.dim as usize, n_heads * hd);
+    let mut w = vec![0.0f32; dim * q_dim];
+    dequantize(output.format.ggml_type(), weight, &mut w).map_err(|_| {
+        AttentionError::BufferSize {
+            kernel: "project_heads_cpu",
+            what: "weight",
+            bytes: weight.len() as u64,
+            needed: output.format.row_bytes(q_dim).unwrap_or(0) as u64 * dim as u64,
+        }
+    })?;
+    let mut parts = vec![0.0f32; n_heads * n_rows * dim];
+    for h in 0..n_heads {
+        for r in 0..n_rows {
+            let head = &att[(r * n_heads + h) * hd..][..hd];
+            let part = &mut parts[(h * n_rows + r) * dim..][..dim];
+            for (o, value) in part.iter_mut().enumerate() {
+                let columns = &w[o * q_dim + h * hd..][..hd];
+                *value = columns.iter().zip(head).map(|(w, a)| w * a).sum();
+            }
+        }
+    }
+    Ok(parts)
 }

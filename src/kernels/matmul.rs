@@ -179,6 +179,14 @@ pub enum MatmulError {
         n_in: u32,
         capacity: u64,
     },
+    #[error(
+        "kernel `{variant}` stages x in workgroup memory: n_in = {n_in} is past its {max} values"
+    )]
+    StagedWidth {
+        variant: String,
+        n_in: u32,
+        max: u32,
+    },
     #[error("kernel `{variant}` binds {expected} output buffers, {got} given")]
     Outputs {
         variant: String,
@@ -289,9 +297,11 @@ pub struct Params {
     pub first_row: u32,
     /// [`Epilogue::Split`]: the rows of the k and v caches; 0 otherwise.
     pub capacity: u32,
-    /// [`Prologue::RmsNorm`]: the norm's epsilon.
+    /// [`Prologue::RmsNorm`], [`Prologue::PartsRmsNorm`]: the norm's epsilon.
     pub eps: f32,
-    pub _pad0: u32,
+    /// [`Prologue::PartsRmsNorm`], [`Epilogue::AccumulateParts`]: the parts the residual
+    /// stream is held in after its rows; 0 otherwise.
+    pub n_parts: u32,
 }
 
 impl Params {
@@ -304,7 +314,7 @@ impl Params {
             first_row: 0,
             capacity: 0,
             eps: 0.0,
-            _pad0: 0,
+            n_parts: 0,
         }
     }
 
@@ -326,6 +336,11 @@ impl Params {
     /// Reading x from row `first_row` on.
     pub fn from_row(self, first_row: u32) -> Params {
         Params { first_row, ..self }
+    }
+
+    /// With the residual stream held in `n_parts` parts after its rows.
+    pub fn with_parts(self, n_parts: u32) -> Params {
+        Params { n_parts, ..self }
     }
 }
 
@@ -466,6 +481,10 @@ const SUBGROUP_WG_ROWS: u32 = 32;
 /// from a uniform buffer as from a storage buffer.
 pub const VEC_X_BYTES: u64 = 65536;
 
+/// Widest x the vec form with [`Prologue::PartsRmsNorm`] stages (`STAGED_VEC4S` vec4s in
+/// matmul.wgsl: 8 KiB of workgroup memory).
+pub const VEC_STAGED_X: u32 = 2048;
+
 /// What a matmul does to x before multiplying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Prologue {
@@ -475,15 +494,35 @@ pub enum Prologue {
     /// `gamma[i] * x[i] / sqrt(mean_j x[j]^2 + eps)` (the norm before attention, the FFN or the
     /// head, fused). Every invocation computes its rows' norms itself.
     RmsNorm,
+    /// [`Prologue::RmsNorm`] of the residual stream held as x's `first_row + n_rows` rows
+    /// followed by `n_parts` parts of as many rows, summed as x is loaded: the heads' shares of
+    /// the output projection that the attention kernel's fused projection writes there
+    /// (`attention::Projection`), so that decode's FFN norm reads `x + Wo·a` with no dispatch
+    /// for the projection.
+    PartsRmsNorm,
 }
 
 impl Prologue {
-    pub const ALL: [Prologue; 2] = [Prologue::Raw, Prologue::RmsNorm];
+    pub const ALL: [Prologue; 3] = [Prologue::Raw, Prologue::RmsNorm, Prologue::PartsRmsNorm];
+
+    /// Whether x is RMS-normalised (the variant binds a `gamma`).
+    pub fn normalises(self) -> bool {
+        self != Prologue::Raw
+    }
 
     fn suffix(self) -> &'static str {
         match self {
             Prologue::Raw => "",
             Prologue::RmsNorm => "_norm",
+            Prologue::PartsRmsNorm => "_parts_norm",
+        }
+    }
+
+    fn defines(self) -> &'static [&'static str] {
+        match self {
+            Prologue::Raw => &[],
+            Prologue::RmsNorm => &["NORM"],
+            Prologue::PartsRmsNorm => &["NORM", "X_PARTS"],
         }
     }
 }
@@ -502,20 +541,27 @@ pub enum Epilogue {
     /// of the rest to rows `slots[r]` of the k and v caches (a slot at or past the capacity is
     /// not written): the projections and the cache write in one dispatch.
     Split,
+    /// [`Epilogue::Accumulate`] into the residual stream held as out's `n_rows` rows followed
+    /// by `n_parts` parts of as many rows ([`Prologue::PartsRmsNorm`]'s): `out[r] += y[r] +
+    /// Σ parts[r]`, the parts' residual add done where the stream is written (decode's down
+    /// projection).
+    AccumulateParts,
 }
 
 impl Epilogue {
-    pub const ALL: [Epilogue; 4] = [
+    pub const ALL: [Epilogue; 5] = [
         Epilogue::Store,
         Epilogue::Accumulate,
         Epilogue::Swiglu,
         Epilogue::Split,
+        Epilogue::AccumulateParts,
     ];
 
     /// Rows of `W` per output column.
     pub fn weight_rows_per_output(self) -> u32 {
         match self {
             Epilogue::Store | Epilogue::Accumulate | Epilogue::Split => 1,
+            Epilogue::AccumulateParts => 1,
             Epilogue::Swiglu => 2,
         }
     }
@@ -526,15 +572,17 @@ impl Epilogue {
             Epilogue::Accumulate => "_acc",
             Epilogue::Swiglu => "_swiglu",
             Epilogue::Split => "_split",
+            Epilogue::AccumulateParts => "_acc_parts",
         }
     }
 
-    fn define(self) -> Option<&'static str> {
+    fn defines(self) -> &'static [&'static str] {
         match self {
-            Epilogue::Store => None,
-            Epilogue::Accumulate => Some("ACCUMULATE"),
-            Epilogue::Swiglu => Some("SWIGLU"),
-            Epilogue::Split => Some("SPLIT"),
+            Epilogue::Store => &[],
+            Epilogue::Accumulate => &["ACCUMULATE"],
+            Epilogue::Swiglu => &["SWIGLU"],
+            Epilogue::Split => &["SPLIT"],
+            Epilogue::AccumulateParts => &["ACCUMULATE", "OUT_PARTS"],
         }
     }
 }
@@ -586,9 +634,10 @@ impl Variant {
             MatmulKind::Tile => {}
             MatmulKind::Shared(_) => defines.push("SHARED"),
         }
-        defines.extend(self.epilogue.define());
-        if self.prologue == Prologue::RmsNorm {
-            defines.push("NORM");
+        defines.extend(self.epilogue.defines());
+        defines.extend(self.prologue.defines());
+        if self.stages_x() {
+            defines.push("STAGE_X");
         }
         let (wg_size, _, _) = self.kind.block();
         let mut overrides = vec![("WG_SIZE".into(), f64::from(wg_size))];
@@ -616,11 +665,18 @@ impl Variant {
             .chain(std::iter::repeat_n(Binding::ReadWrite, self.n_outputs()))
             // Split's slots, then the norm's weight.
             .chain((self.epilogue == Epilogue::Split).then_some(Binding::Read))
-            .chain((self.prologue == Prologue::RmsNorm).then_some(Binding::Read))
+            .chain(self.prologue.normalises().then_some(Binding::Read))
             .collect(),
             // The register tiles' loops run to n_in and constants (measured: PipelineSpec).
             loop_bounding: self.kind != MatmulKind::Tile,
         })
+    }
+
+    /// Whether the kernel sums a row of x once per workgroup, into workgroup memory: the vec
+    /// form with the parts, whose invocations would each sum the whole row (3x slower on
+    /// lavapipe; the subgroup form's lanes and the tiles' rows share it out already).
+    fn stages_x(&self) -> bool {
+        self.kind == MatmulKind::Vec && self.prologue == Prologue::PartsRmsNorm
     }
 
     /// Output buffers it binds: q and the k and v caches for [`Epilogue::Split`], else one.
@@ -633,7 +689,7 @@ impl Variant {
 }
 
 /// What a matmul reads: the weight (from [`upload_weight`]), x, and the norm's weight
-/// `gamma [n_in]` (f32) for [`Prologue::RmsNorm`].
+/// `gamma [n_in]` (f32) for the normalising prologues.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub weight: &'a wgpu::Buffer,
@@ -760,6 +816,13 @@ impl Matmul {
         if !n_in.is_multiple_of(4) {
             return Err(MatmulError::NotVec4 { variant, n_in });
         }
+        if self.variant.stages_x() && n_in > VEC_STAGED_X {
+            return Err(MatmulError::StagedWidth {
+                variant,
+                n_in,
+                max: VEC_STAGED_X,
+            });
+        }
         let rows = u64::from(n_rows);
         let too_small = |buffer, bytes, needed| MatmulError::BufferTooSmall {
             variant: variant.clone(),
@@ -768,7 +831,16 @@ impl Matmul {
             bytes,
             needed,
         };
-        let x_bytes = (u64::from(first_row) + rows) * u64::from(n_in) * 4;
+        // The residual stream's parts are held after x's rows, or after out's.
+        let x_copies = match self.variant.prologue {
+            Prologue::PartsRmsNorm => 1 + u64::from(shape.n_parts),
+            Prologue::Raw | Prologue::RmsNorm => 1,
+        };
+        let out_copies = match self.variant.epilogue {
+            Epilogue::AccumulateParts => 1 + u64::from(shape.n_parts),
+            _ => 1,
+        };
+        let x_bytes = x_copies * (u64::from(first_row) + rows) * u64::from(n_in) * 4;
         let x_binding = match self.variant.kind {
             MatmulKind::Tile | MatmulKind::Subgroup | MatmulKind::Shared(_) => {
                 if x.size() < x_bytes {
@@ -780,7 +852,7 @@ impl Matmul {
                 if x_bytes > VEC_X_BYTES {
                     return Err(MatmulError::TooManyRows {
                         variant,
-                        n_rows: first_row + n_rows,
+                        n_rows: (x_copies * u64::from(first_row + n_rows)) as u32,
                         n_in,
                         capacity: VEC_X_BYTES / 4,
                     });
@@ -799,14 +871,14 @@ impl Matmul {
             }
         };
         let gamma = match (self.variant.prologue, gamma) {
-            (Prologue::RmsNorm, Some(gamma)) => {
+            (Prologue::RmsNorm | Prologue::PartsRmsNorm, Some(gamma)) => {
                 let needed = u64::from(n_in) * 4;
                 if gamma.size() < needed {
                     return Err(too_small("gamma", gamma.size(), needed));
                 }
                 Some(gamma)
             }
-            (Prologue::RmsNorm, None) => {
+            (Prologue::RmsNorm | Prologue::PartsRmsNorm, None) => {
                 return Err(MatmulError::Norm {
                     variant,
                     reason: "normalises x: give the norm's weight (gamma)".into(),
@@ -835,7 +907,7 @@ impl Matmul {
                 let cache = u64::from(shape.capacity) * kv * 4;
                 vec![rows * u64::from(split) * 4, cache, cache]
             }
-            _ => vec![rows * u64::from(n_out) * 4],
+            _ => vec![out_copies * rows * u64::from(n_out) * 4],
         };
         for (&(what, out), needed) in outs.iter().zip(needs) {
             if out.size() < needed {
@@ -882,7 +954,9 @@ impl Matmul {
 /// `weight` is `[n_out, n_in]` in `format` (`[2 n_out, n_in]` for [`Epilogue::Swiglu`]), `x`
 /// is `[n_rows, n_in]`, `out` is `[n_rows, n_out]`; `norm` is [`Prologue::RmsNorm`]'s
 /// `(gamma [n_in], eps)`, applied to x first as a separate step (the Llama RMSNorm).
-/// [`Epilogue::Split`] is a layout: the reference keeps q, k and v in one row.
+/// [`Epilogue::Split`] is a layout: the reference keeps q, k and v in one row. The parts of
+/// [`Prologue::PartsRmsNorm`] and [`Epilogue::AccumulateParts`] are a layout too: give x and
+/// out as the streams they hold ([`sum_parts_cpu`]); `AccumulateParts` then accumulates.
 // Eight arguments: the shape is spelled out so that the reference shares no code with the
 // dispatch it checks.
 #[allow(clippy::too_many_arguments)]
@@ -951,7 +1025,7 @@ pub fn matmul_cpu(
         for (o, out) in out_row.iter_mut().enumerate() {
             *out = match epilogue {
                 Epilogue::Store | Epilogue::Split => dot(x_row, o),
-                Epilogue::Accumulate => *out + dot(x_row, o),
+                Epilogue::Accumulate | Epilogue::AccumulateParts => *out + dot(x_row, o),
                 Epilogue::Swiglu => {
                     let (gate, up) = (dot(x_row, o), dot(x_row, n_out + o));
                     gate / (1.0 + (-gate).exp()) * up
@@ -960,4 +1034,18 @@ pub fn matmul_cpu(
         }
     }
     Ok(())
+}
+
+/// CPU reference of the parts layout ([`Prologue::PartsRmsNorm`], [`Epilogue::AccumulateParts`]):
+/// the stream that `held`, its first `held.len() / (1 + n_parts)` values followed by `n_parts`
+/// parts of as many, stands for: those values plus every part's, element by element.
+pub fn sum_parts_cpu(held: &[f32], n_parts: usize) -> Vec<f32> {
+    let len = held.len() / (1 + n_parts);
+    let mut stream = held[..len].to_vec();
+    for part in held[len..].chunks_exact(len.max(1)).take(n_parts) {
+        for (s, p) in stream.iter_mut().zip(part) {
+            *s += p;
+        }
+    }
+    stream
 }

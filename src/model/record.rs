@@ -16,9 +16,11 @@ pub enum Part {
     /// The attention norm, the q, k and v projections and the cache write (one matmul).
     Qkv,
     /// Attention over the cache (Multi-Token Attention's stages in an MTA layer), and Star's
-    /// merge of partial attentions.
+    /// merge of partial attentions; in decode with the fused output projection, each head's
+    /// share of that projection too.
     Attention,
-    /// The output projection with its residual add.
+    /// The output projection with its residual add (in decode with the fused projection: none,
+    /// its work is in `Attention`, its residual add in `GateUp` and `Down`).
     Output,
     /// The FFN norm, the gate and up projections and SwiGLU (one matmul).
     GateUp,

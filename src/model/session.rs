@@ -17,7 +17,9 @@ use super::ModelError;
 use crate::attention::star::StarOptions;
 use crate::attention::{AttentionPolicy, KvSlots, PolicyError};
 use crate::gpu::{Dispatch, Gpu, ParamSlot, TrackedBuffer, UniformArena};
-use crate::kernels::attention::{self, rope_table, tile_window_rows, Attention, MAX_PARTS};
+use crate::kernels::attention::{
+    self, rope_table, tile_window_rows, Attention, Projection, ProjectionBuffers, MAX_PARTS,
+};
 use crate::kernels::attention_merge::{self, AttentionMerge};
 use crate::kernels::embed::{self, Embed};
 use crate::kernels::matmul::{self, CacheOutputs, Epilogue, Inputs, Matmul, MatmulKind, Prologue};
@@ -57,19 +59,21 @@ impl Default for SessionOptions {
 /// Activations and bookkeeping buffers, f32 unless noted.
 struct Buffers {
     tokens: TrackedBuffer, // [max_chunk] u32: token ids in; the sampled token lands in [0]
-    x: TrackedBuffer,      // [max_chunk, dim] residual stream (the normalising matmuls' input)
-    q: TrackedBuffer,      // [max_chunk, n_heads * head_dim]
-    att: TrackedBuffer,    // [max_chunk, n_heads * head_dim]
-    lse: TrackedBuffer,    // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
+    // [max_chunk, dim] residual stream (the normalising matmuls' input); with the fused output
+    // projection at least 1 + n_heads rows: a decoded row and its heads' parts after it.
+    x: TrackedBuffer,
+    q: TrackedBuffer,            // [max_chunk, n_heads * head_dim]
+    att: TrackedBuffer,          // [max_chunk, n_heads * head_dim]
+    lse: TrackedBuffer,          // [max_chunk, n_heads]: log-sum-exp of each row and head's scores
     split_att: TrackedBuffer, // [MAX_PARTS, n_heads * head_dim]: a decoded row's partial attentions
     split_lse: TrackedBuffer, // [MAX_PARTS, n_heads]
-    act: TrackedBuffer,    // [max_chunk, hidden_dim]
-    logits: TrackedBuffer, // [max_chunk, vocab_size]
-    work: TrackedBuffer,   // sampler scratch
-    history: TrackedBuffer, // [MAX_PENALTY_LAST_N] u32 ring
-    slots: TrackedBuffer,  // [max_chunk] u32: cache slot of each new token (u32::MAX: not stored)
+    act: TrackedBuffer,       // [max_chunk, hidden_dim]
+    logits: TrackedBuffer,    // [max_chunk, vocab_size]
+    work: TrackedBuffer,      // sampler scratch
+    history: TrackedBuffer,   // [MAX_PENALTY_LAST_N] u32 ring
+    slots: TrackedBuffer, // [max_chunk] u32: cache slot of each new token (u32::MAX: not stored)
     slot_token: TrackedBuffer, // [n_slots] u32: token held by each slot
-    rope: TrackedBuffer,   // [policy span, head_dim / 2, 2] cos, sin
+    rope: TrackedBuffer,  // [policy span, head_dim / 2, 2] cos, sin
     readback: TrackedBuffer, // [1] u32, MAP_READ
     k_cache: Vec<TrackedBuffer>, // per layer [n_slots, n_kv_heads, head_dim]
     v_cache: Vec<TrackedBuffer>, // per layer [n_slots, n_kv_heads, head_dim]
@@ -131,10 +135,22 @@ struct AttentionDispatch {
     tile_variant: attention::Variant,
 }
 
+/// Decode's layer after the q/k/v matmul in 3 dispatches ([`Gpu::fuse_output_projection`]):
+/// attention with each head's share of the output projection (its parts, after the decoded
+/// row in `x`), the FFN norm of the stream with its parts summed in, gate and up, and the down
+/// projection, which adds both the parts and its own sums to the stream.
+struct ProjectedDecode {
+    attention: Dispatch,
+    gate_up: Dispatch,
+    down: Dispatch,
+}
+
 struct LayerDispatches {
     /// The attention norm, q, k and v, and the cache write in one matmul.
     qkv: MatmulDispatch,
     attention: AttentionDispatch,
+    /// Decode with the output projection fused, where the layer allows it (not an MTA layer).
+    projected: Option<ProjectedDecode>,
     o: MatmulDispatch,
     /// The FFN norm, gate and up, and SwiGLU in one matmul.
     gate_up: MatmulDispatch,
@@ -192,6 +208,9 @@ pub struct Session {
     /// The attention shape of the step under way (its rows; for a decoded row, the parts its
     /// walk over the cache is split into).
     attention_shape: attention::Params,
+    /// The step under way runs the layers' [`ProjectedDecode`] (one decoded row, its walk in
+    /// one part, not an exchange step).
+    projected_step: bool,
     /// The sampling of the last decode step, for [`Session::profile_decode`].
     last_sampling: Option<SamplingParams>,
     /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
@@ -269,9 +288,23 @@ impl Session {
                 .collect()
         };
         let rope = rope_table(f64::from(c.rope_base), c.head_dim, rope_rows);
+        let decode_kind = MatmulKind::decode(&gpu);
+        // A decoded row and its heads' parts of the output projection, as x of the FFN's
+        // matmuls: the vec matvec's uniform x must hold them all.
+        let parts_rows = 1 + c.n_heads;
+        let project = gpu.fuse_output_projection
+            && c.head_dim.is_multiple_of(32)
+            && (decode_kind != MatmulKind::Vec
+                || (bytes_f32(parts_rows * c.dim) <= matmul::VEC_X_BYTES
+                    && c.dim <= matmul::VEC_STAGED_X as usize));
+        let x_rows = if project {
+            chunk.max(parts_rows)
+        } else {
+            chunk
+        };
         let buffers = Buffers {
             tokens: storage("tokens", bytes_f32(chunk))?,
-            x: matmul_input("x", bytes_f32(chunk * c.dim))?,
+            x: matmul_input("x", bytes_f32(x_rows * c.dim))?,
             q: storage("q", bytes_f32(chunk * c.q_dim()))?,
             att: matmul_input("att", bytes_f32(chunk * c.q_dim()))?,
             lse: storage("lse", bytes_f32(chunk * c.n_heads))?,
@@ -352,8 +385,22 @@ impl Session {
         // `n_rows` is the most rows the tiled form will be given; decode uses one. `gamma`:
         // the norm before it, if any.
         let (q_dim, kv_dim) = (c.q_dim() as u32, c.kv_dim() as u32);
-        let decode_kind = MatmulKind::decode(&gpu);
         let prefill_kind = MatmulKind::prefill(&gpu);
+        // One form of a matmul, bound to its kind of op's arena slot.
+        let bind_matmul = |slot: ParamSlot,
+                           kernel: Matmul,
+                           inputs: Inputs,
+                           out: Target,
+                           shape: matmul::Params|
+         -> Result<Dispatch> {
+            let binding = arena.binding(slot);
+            Ok(match out {
+                Target::Cache(outputs) => {
+                    kernel.dispatch_split(&gpu, binding, inputs, outputs, shape)?
+                }
+                Target::Out(out) => kernel.dispatch(&gpu, binding, inputs, out, shape)?,
+            })
+        };
         let matmul = |slot: ParamSlot,
                       weight: &Weight,
                       x: &wgpu::Buffer,
@@ -378,18 +425,12 @@ impl Session {
                 let kernel = Matmul::new(&gpu, weight.format, kind, prologue, epilogue)?;
                 let n_rows = if kind.is_matvec() { 1 } else { n_rows };
                 let shape = matmul::Params { n_rows, ..shape };
-                let binding = arena.binding(slot);
                 let inputs = Inputs {
                     weight: &weight.buffer,
                     x,
                     gamma,
                 };
-                Ok(match out {
-                    Target::Cache(outputs) => {
-                        kernel.dispatch_split(&gpu, binding, inputs, outputs, shape)?
-                    }
-                    Target::Out(out) => kernel.dispatch(&gpu, binding, inputs, out, shape)?,
-                })
+                bind_matmul(slot, kernel, inputs, out, shape)
             };
             Ok(MatmulDispatch {
                 decode: make(decode_kind)?,
@@ -418,6 +459,11 @@ impl Session {
             anchor: 0,
             n_parts: 1,
         };
+        // A decoded row in one part: the projecting form's parts follow it in x.
+        let decode_bound = attention::Params {
+            n_rows: 1,
+            ..attention_bound
+        };
         // A decoded row split into the most parts.
         let split_bound = attention::Params {
             n_rows: 1,
@@ -444,8 +490,73 @@ impl Session {
             .zip(mta_passes)
             .enumerate()
             .map(|(l, (w, mta))| {
+                let projected = match project && mta.is_none() {
+                    false => None,
+                    true => {
+                        let output = Projection {
+                            format: w.wo.format,
+                            dim: c.dim as u32,
+                        };
+                        let buffers = attention::Buffers {
+                            q: &b.q,
+                            k_cache: &b.k_cache[l],
+                            v_cache: &b.v_cache[l],
+                            slot_token: &b.slot_token,
+                            rope: &b.rope,
+                            out: &b.att,
+                            lse: &b.lse,
+                        };
+                        let attention = Attention::row_projecting(&gpu, head_dim, output)?
+                            .dispatch_projecting(
+                                &gpu,
+                                arena.binding(p.attention),
+                                &decode_bound,
+                                &buffers,
+                                &ProjectionBuffers {
+                                    weight: &w.wo.buffer,
+                                    residual: &b.x,
+                                },
+                            )?;
+                        let decode = |slot, weight: &Weight, x, gamma, out, prologue, epilogue| {
+                            let kernel =
+                                Matmul::new(&gpu, weight.format, decode_kind, prologue, epilogue)?;
+                            let n_out = weight.n_out / epilogue.weight_rows_per_output();
+                            let shape = matmul::Params::new(1, weight.n_in, n_out)
+                                .with_eps(c.rms_eps)
+                                .with_parts(c.n_heads as u32);
+                            let inputs = Inputs {
+                                weight: &weight.buffer,
+                                x,
+                                gamma,
+                            };
+                            bind_matmul(slot, kernel, inputs, Target::Out(out), shape)
+                        };
+                        Some(ProjectedDecode {
+                            attention,
+                            gate_up: decode(
+                                p.gate_up,
+                                &w.w_gate_up,
+                                &b.x,
+                                Some(&w.ffn_norm),
+                                &b.act,
+                                Prologue::PartsRmsNorm,
+                                Epilogue::Swiglu,
+                            )?,
+                            down: decode(
+                                p.down,
+                                &w.w_down,
+                                &b.act,
+                                None,
+                                &b.x,
+                                Prologue::Raw,
+                                Epilogue::AccumulateParts,
+                            )?,
+                        })
+                    }
+                };
                 Ok(LayerDispatches {
                     mta,
+                    projected,
                     qkv: matmul(
                         p.qkv,
                         &w.w_qkv,
@@ -562,6 +673,7 @@ impl Session {
             submissions: std::sync::atomic::AtomicU64::new(0),
             step_dispatches: 0,
             attention_shape: attention_bound,
+            projected_step: false,
             last_sampling: None,
             exchange: None,
             exchange_rows: None,
@@ -606,6 +718,12 @@ impl Session {
     /// Command buffers this session has submitted.
     pub fn n_submissions(&self) -> u64 {
         self.submissions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether decode steps compute the attention output projection inside attention
+    /// ([`Gpu::fuse_output_projection`], where the model's shapes allow it).
+    pub fn projects_in_attention(&self) -> bool {
+        self.layers.iter().any(|l| l.projected.is_some())
     }
 
     /// Dispatches the last step recorded (embed, layers, head and sampler; 0 before any).
@@ -1118,24 +1236,26 @@ impl Session {
     /// token to the readback buffer for [`Session::read_sampled`].
     fn step(&mut self, tokens: Option<&[u32]>, n_rows: usize, head: Head) -> Result<()> {
         let rows = self.begin_step(tokens, n_rows, &head, None)?;
-        let encoder = self.record_step(rows, &head, None)?;
+        let (encoder, _) = self.record_step(rows, &head, None)?;
         self.submit(encoder, &head);
         Ok(())
     }
 
     /// A step's whole forward pass for `rows` rows (or only its `only` part) in one encoder,
-    /// with the params `begin_step` wrote; remembers how many dispatches it recorded.
+    /// with the params `begin_step` wrote, and how many dispatches it recorded (remembered for
+    /// a whole step).
     fn record_step(
         &mut self,
         rows: u32,
         head: &Head,
         only: Option<Part>,
-    ) -> Result<wgpu::CommandEncoder> {
+    ) -> Result<(wgpu::CommandEncoder, usize)> {
         let model = self.model.clone();
         let mut encoder = model
             .gpu()
             .device
             .create_command_encoder(&Default::default());
+        let recorded;
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let mut recorder = Recorder::new(&mut pass, only);
@@ -1149,17 +1269,19 @@ impl Session {
                 self.record_ffn_half(&mut recorder, layer, rows)?;
             }
             self.record_head(&mut recorder, head, rows)?;
-            if only.is_none() {
-                self.step_dispatches = recorder.recorded;
-            }
+            recorded = recorder.recorded;
         }
-        Ok(encoder)
+        if only.is_none() {
+            self.step_dispatches = recorded;
+        }
+        Ok((encoder, recorded))
     }
 
     /// Seconds each [`Part`] of a decode step takes on the GPU: this session's last decode step
     /// (one row, not the recompute policy's) re-recorded `repeat` times with only that part's dispatches (every layer's),
-    /// each submitted alone and waited for (median), after one untimed run. Parts re-run out
-    /// of order overwrite the cache and the activations, so the session is consumed.
+    /// each submitted alone and waited for (median), after one untimed run; a part the step
+    /// does not run (the output projection, when attention computes it) is left out. Parts
+    /// re-run out of order overwrite the cache and the activations, so the session is consumed.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_decode(mut self, repeat: usize) -> Result<Vec<(Part, f64)>> {
         let sampling = self.last_sampling.ok_or(ModelError::NothingToDecode)?;
@@ -1169,13 +1291,19 @@ impl Session {
         for part in Part::ALL {
             let mut secs = Vec::new();
             for run in 0..=repeat.max(1) {
-                let encoder = self.record_step(1, &head, Some(part))?;
+                let (encoder, recorded) = self.record_step(1, &head, Some(part))?;
+                if recorded == 0 {
+                    break;
+                }
                 let start = web_time::Instant::now();
                 gpu.queue.submit([encoder.finish()]);
                 pollster::block_on(gpu.finish())?;
                 if run > 0 {
                     secs.push(start.elapsed().as_secs_f64());
                 }
+            }
+            if secs.is_empty() {
+                continue;
             }
             secs.sort_by(f64::total_cmp);
             times.push((part, secs[secs.len() / 2]));
@@ -1243,23 +1371,31 @@ impl Session {
             1 => attention::decode_parts(n_slots, c.n_heads as u32, gpu.decode_workgroups),
             _ => 1,
         };
+        self.projected_step = rows == 1 && n_parts == 1 && self.exchange.is_none();
         let p = &self.params;
         let arena = &mut self.arena;
         arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
-        // Every layer's matmuls share their slots: the shapes bound in layer 0, with this step's rows.
+        // Every layer's matmuls share their slots: the shapes bound in layer 0, with this step's
+        // rows (and the FFN's, the heads' parts of the stream where a projected step has them).
         let l0 = &self.layers[0];
-        for (slot, m) in [
-            (p.qkv, &l0.qkv),
-            (p.o, &l0.o),
-            (p.gate_up, &l0.gate_up),
-            (p.down, &l0.down),
+        let parts = if self.projected_step {
+            c.n_heads as u32
+        } else {
+            0
+        };
+        for (slot, m, n_parts) in [
+            (p.qkv, &l0.qkv, 0),
+            (p.o, &l0.o, 0),
+            (p.gate_up, &l0.gate_up, parts),
+            (p.down, &l0.down, parts),
         ] {
             arena.set(
                 slot,
                 &matmul::Params {
                     n_rows: rows,
                     ..m.shape
-                },
+                }
+                .with_parts(n_parts),
             )?;
         }
         // The LM head reads the last row only, or every row for `AllLogits`.
@@ -1330,6 +1466,11 @@ impl Session {
         let c = &self.model.config;
         let l = &self.layers[layer];
         recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
+        if let (true, Some(projected)) = (self.projected_step, &l.projected) {
+            let d = &projected.attention;
+            recorder.record(Part::Attention, d, d.workgroups);
+            return Ok(());
+        }
         if let Some(mta) = &l.mta {
             for dispatch in mta.dispatches() {
                 recorder.record(Part::Attention, dispatch, dispatch.workgroups);
@@ -1362,6 +1503,16 @@ impl Session {
     fn record_ffn_half(&self, recorder: &mut Recorder, layer: usize, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         let l = &self.layers[layer];
+        if let (true, Some(projected)) = (self.projected_step, &l.projected) {
+            // The output projection ran in attention; these sum its parts into the stream.
+            for (part, d) in [
+                (Part::GateUp, &projected.gate_up),
+                (Part::Down, &projected.down),
+            ] {
+                recorder.record(part, d, d.workgroups);
+            }
+            return Ok(());
+        }
         recorder.matmul(gpu, Part::Output, &l.o, rows)?;
         recorder.matmul(gpu, Part::GateUp, &l.gate_up, rows)?;
         recorder.matmul(gpu, Part::Down, &l.down, rows)?;

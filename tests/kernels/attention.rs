@@ -3,9 +3,12 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
-    attention_cpu, decode_parts, rope_cpu, rope_table, Attention, AttentionError, Buffers, Params,
-    Variant, EMPTY_LSE, EMPTY_SLOT, MAX_PARTS, MIN_PART_SLOTS, TILE_ROWS,
+    attention_cpu, decode_parts, project_heads_cpu, rope_cpu, rope_table, Attention,
+    AttentionError, Buffers, Params, Projection, ProjectionBuffers, Variant, EMPTY_LSE, EMPTY_SLOT,
+    MAX_PARTS, MIN_PART_SLOTS, TILE_ROWS,
 };
+use sinkstar::kernels::matmul::{upload_weight, WeightFormat};
+use sinkstar::model::quant::quantize;
 
 use crate::{
     arena_with, assert_close, random_vec, read_f32, rng, run, Tol, BROWSER, TOL_REDUCTION,
@@ -155,6 +158,32 @@ impl Case {
         variant: Variant,
         n_parts: u32,
     ) -> (Vec<f32>, Vec<f32>) {
+        let (out, lse, _) = self.run_bound(gpu, inputs, variant, n_parts, None).await;
+        (out, lse)
+    }
+
+    /// A variant with the fused output projection, given W_o's blocks: its output, LSEs and
+    /// the residual buffer `[(1 + n_heads) n_rows, dim]`, whose first `n_rows` rows hold
+    /// [`UNTOUCHED`] before.
+    async fn run_projecting(
+        &self,
+        gpu: &Gpu,
+        inputs: &Inputs,
+        variant: Variant,
+        weight: &[u8],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (out, lse, residual) = self.run_bound(gpu, inputs, variant, 1, Some(weight)).await;
+        (out, lse, residual.expect("a projecting run"))
+    }
+
+    async fn run_bound(
+        &self,
+        gpu: &Gpu,
+        inputs: &Inputs,
+        variant: Variant,
+        n_parts: u32,
+        projection: Option<&[u8]>,
+    ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let params = Params {
             n_parts,
             ..self.params()
@@ -181,13 +210,39 @@ impl Case {
             out: &out,
             lse: &lse,
         };
-        let dispatch = kernel
-            .dispatch(gpu, arena.binding(slot), &params, &buffers)
-            .unwrap();
+        let (dispatch, residual) = match (variant.projection(), projection) {
+            (Some(output), Some(weight)) => {
+                let weight = upload_weight(gpu, "wo", output.format, weight).unwrap();
+                // The step's rows hold a value no kernel computes, the parts NaN.
+                let n_stream = self.n_rows * output.dim as usize;
+                let mut held = vec![UNTOUCHED; n_stream];
+                held.resize((1 + self.n_heads) * n_stream, f32::NAN);
+                let residual = storage("residual", bytemuck::cast_slice(&held));
+                let projection = ProjectionBuffers {
+                    weight: &weight,
+                    residual: &residual,
+                };
+                let dispatch = kernel
+                    .dispatch_projecting(gpu, arena.binding(slot), &params, &buffers, &projection)
+                    .unwrap();
+                (dispatch, Some((residual, held.len())))
+            }
+            _ => {
+                let dispatch = kernel
+                    .dispatch(gpu, arena.binding(slot), &params, &buffers)
+                    .unwrap();
+                (dispatch, None)
+            }
+        };
         run(gpu, &[&dispatch]);
+        let residual = match residual {
+            Some((buffer, len)) => Some(read_f32(gpu, &buffer, len).await),
+            None => None,
+        };
         (
             read_f32(gpu, &out, n_out).await,
             read_f32(gpu, &lse, n_lse).await,
+            residual,
         )
     }
 
@@ -790,6 +845,74 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         matches!(err, AttentionError::BufferSize { what: "out", .. }),
         "{err}"
     );
+    // The fused output projection: heads of whole chunks only, one part, W_o of its shape, a
+    // residual buffer with room for every head's part, and its buffers given.
+    let q8_0 = WeightFormat::Q8_0;
+    let output = Projection {
+        format: q8_0,
+        dim: 40,
+    };
+    let err = Attention::row_projecting(gpu, 48, output)
+        .err()
+        .expect("48 is no multiple of 32");
+    assert!(
+        matches!(err, AttentionError::ProjectionHeadDim { head_dim: 48 }),
+        "{err}"
+    );
+    let projecting = Attention::row_projecting(gpu, 64, output).unwrap();
+    let w_bytes = q8_0.row_bytes(9 * 64).unwrap() * 40;
+    let weight = upload_weight(gpu, "wo", q8_0, &vec![0; w_bytes]).unwrap();
+    let short = upload_weight(gpu, "wo", q8_0, &vec![0; w_bytes - 34]).unwrap();
+    let stream_bytes = (1 + 9) * 2 * 40 * 4;
+    let residual = gpu.storage("residual", stream_bytes).unwrap();
+    let cut = gpu.storage("residual", stream_bytes - 4).unwrap();
+    let with = |weight, residual| ProjectionBuffers { weight, residual };
+    projecting
+        .dispatch_projecting(
+            gpu,
+            arena.binding(slot),
+            &params,
+            &buffers,
+            &with(&weight, &residual),
+        )
+        .unwrap();
+    for (n_parts, weight, residual, what) in [
+        (2, &weight, &residual, None),
+        (1, &short, &residual, Some("weight")),
+        (1, &weight, &cut, Some("residual")),
+    ] {
+        let err = projecting
+            .dispatch_projecting(
+                gpu,
+                arena.binding(slot),
+                &Params { n_parts, ..params },
+                &buffers,
+                &with(weight, residual),
+            )
+            .err()
+            .expect("a projection that cannot run");
+        match what {
+            None => assert!(
+                matches!(err, AttentionError::Parts { n_parts: 2, .. }),
+                "{err}"
+            ),
+            Some(buffer) => assert!(
+                matches!(err, AttentionError::BufferSize { what, .. } if what == buffer),
+                "{err}"
+            ),
+        }
+    }
+    let err = projecting
+        .dispatch(gpu, arena.binding(slot), &params, &buffers)
+        .err()
+        .expect("the projection's buffers are missing");
+    assert!(
+        matches!(
+            err,
+            AttentionError::Gpu(sinkstar::gpu::GpuError::BindingCount { .. })
+        ),
+        "{err}"
+    );
     let ring = Params {
         n_rows: 2,
         first_token: 100,
@@ -1037,6 +1160,69 @@ async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
             assert_close(&label, &got, &want, TOL_ATTENTION);
             assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
         }
+    }
+}
+
+/// A value no kernel computes: the residual rows the projection must leave alone hold it.
+const UNTOUCHED: f32 = 7.25;
+
+/// Each head's share of W_o·a: sums of head_dim products of weights in [-1, 1] and outputs
+/// below 1 (up to ~8), in another order than the CPU reference.
+const TOL_PROJECTION: Tol = Tol {
+    abs: 1e-5,
+    rel: 1e-4,
+};
+
+gpu_test!(attention_projects_each_head_into_its_part);
+/// The row form with the fused output projection, in every weight format: the attention output
+/// and LSEs it writes as without, each head's share of W_o·a in its part of the residual buffer
+/// (after the step's rows, which stay as they were) against `project_heads_cpu`; heads of one
+/// and two chunks, dense and a wrapped sink ring, one and two rows, widths below and past one
+/// workgroup.
+async fn attention_projects_each_head_into_its_part(gpu: &Gpu) {
+    let mut rng = rng(41);
+    let mut cases: Vec<(WeightFormat, Case, u32)> = WeightFormat::ALL
+        .into_iter()
+        .map(|format| (format, dense_case(&mut rng, 1, (4, 2), 32, 45), 40))
+        .collect();
+    cases.push((
+        WeightFormat::Q4_1,
+        ring_case((9, 3), 64, 4, 33, 2, 4 + 3 * 33 + 7),
+        100,
+    ));
+    cases.push((
+        WeightFormat::Q8_0,
+        dense_case(&mut rng, 2, (4, 1), 64, 37),
+        72,
+    ));
+    for (format, case, dim) in cases {
+        let output = Projection { format, dim };
+        let variant = Variant::row_projecting(case.head_dim as u32, output).unwrap();
+        let inputs = case.random_inputs(&mut rng);
+        let q_dim = case.n_heads * case.head_dim;
+        let w = random_vec(&mut rng, dim as usize * q_dim, 1.0);
+        let weight = quantize(format.ggml_type(), &w);
+        let (got, got_lse, residual) = case.run_projecting(gpu, &inputs, variant, &weight).await;
+        let (want, want_lse) = case.run_cpu_with_lse(&inputs);
+        let label = format!("{} {}", variant.label(), case.name);
+        assert_close(&label, &got, &want, TOL_ATTENTION);
+        assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+        let n_stream = case.n_rows * dim as usize;
+        let untouched = vec![UNTOUCHED; n_stream];
+        assert_close(
+            &format!("{label} stream rows"),
+            &residual[..n_stream],
+            &untouched,
+            TOL_EXACT,
+        );
+        // The parts of the kernel's own output: the projection is checked on its own.
+        let parts = project_heads_cpu(output, &weight, &case.params(), &got).unwrap();
+        assert_close(
+            &format!("{label} parts"),
+            &residual[n_stream..],
+            &parts,
+            TOL_PROJECTION,
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 use sinkstar::gpu::{Gpu, TrackedBuffer};
 use sinkstar::kernels::matmul::{
-    check_weight, matmul_cpu, upload_weight, CacheOutputs, Epilogue, Inputs, Matmul, MatmulError,
-    MatmulKind, Params, Prologue, SharedTile, Variant, WeightFormat, VEC_X_BYTES,
+    check_weight, matmul_cpu, sum_parts_cpu, upload_weight, CacheOutputs, Epilogue, Inputs, Matmul,
+    MatmulError, MatmulKind, Params, Prologue, SharedTile, Variant, WeightFormat, VEC_X_BYTES,
 };
 use sinkstar::model::quant::quantize;
 
@@ -39,16 +39,19 @@ fn kernels(gpu: &Gpu, format: WeightFormat) -> Vec<Matmul> {
 }
 
 /// The kernels of `kinds` the device can run, in one format, raw and normalising, with every
-/// epilogue.
+/// epilogue; the forms whose stream is held in parts have a test of their own
+/// (`matmul_sums_the_streams_parts`).
 fn kernels_of(gpu: &Gpu, format: WeightFormat, kinds: &[MatmulKind]) -> Vec<Matmul> {
     let mut all = Vec::new();
     for &kind in kinds {
         if !gpu.features.contains(kind.features()) {
             continue;
         }
-        for prologue in Prologue::ALL {
+        for prologue in [Prologue::Raw, Prologue::RmsNorm] {
             for epilogue in Epilogue::ALL {
-                all.push(Matmul::new(gpu, format, kind, prologue, epilogue).unwrap());
+                if epilogue != Epilogue::AccumulateParts {
+                    all.push(Matmul::new(gpu, format, kind, prologue, epilogue).unwrap());
+                }
             }
         }
     }
@@ -126,7 +129,10 @@ impl Problem {
             self.n_out,
             &self.x[self.first_row * self.n_in..],
             &mut want,
-            (variant.prologue == Prologue::RmsNorm).then_some((&self.gamma[..], EPS)),
+            variant
+                .prologue
+                .normalises()
+                .then_some((&self.gamma[..], EPS)),
             variant.epilogue,
         )
         .unwrap();
@@ -143,7 +149,7 @@ impl Problem {
         Inputs {
             weight,
             x,
-            gamma: (variant.prologue == Prologue::RmsNorm).then_some(gamma),
+            gamma: variant.prologue.normalises().then_some(gamma),
         }
     }
 }
@@ -336,6 +342,196 @@ async fn matmul_matches_cpu_on_model_shapes(gpu: &Gpu) {
         if format == WeightFormat::Q8_0 {
             // The tied LM head: 49152 outputs need a 2-D grid.
             check_shape(gpu, &kernels, 1, 576, 49152).await;
+        }
+    }
+}
+
+gpu_test!(matmul_sums_the_streams_parts);
+/// The residual stream held as its rows and parts of as many rows after them (attention's fused
+/// output projection writes them): the FFN norm's prologue sums the parts into x (the vec form
+/// once per workgroup, into workgroup memory; subgroup and tile as they load), the down
+/// projection's epilogue into out, against `matmul_cpu` on the summed stream
+/// (`sum_parts_cpu`); the parts stay as they were. Decode's one row, and a few rows after a
+/// skipped one at the default model's width; 9 parts (its heads) and 3.
+async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
+    let cases = [
+        (WeightFormat::Q4_1, MatmulKind::Vec),
+        (WeightFormat::Q4_1, MatmulKind::Subgroup),
+        (WeightFormat::Q4_1, MatmulKind::Tile),
+        (WeightFormat::Q8_0, MatmulKind::Vec),
+        (WeightFormat::F16, MatmulKind::Vec),
+    ];
+    for (format, kind) in cases {
+        if !gpu.features.contains(kind.features()) {
+            continue;
+        }
+        let norm = Matmul::new(gpu, format, kind, Prologue::PartsRmsNorm, Epilogue::Swiglu);
+        let down = Matmul::new(gpu, format, kind, Prologue::Raw, Epilogue::AccumulateParts);
+        let (norm, down) = (norm.unwrap(), down.unwrap());
+        for (n_rows, n_in, n_out, n_parts) in [(1, 96, 67, 9), (3, 576, 5, 3)] {
+            let name = |what: &str| format!("{what} {n_rows}x{n_in}->{n_out} {n_parts} parts");
+            let seed = (n_rows * 1009 + n_in) as u64;
+            let mut rng = rng(seed);
+            let stacked_bytes = random_weight(seed, format, n_in, 2 * n_out);
+            let stacked = upload_weight(gpu, "gate_up", format, &stacked_bytes).unwrap();
+            let gamma = random_vec(&mut rng, n_in, 1.5);
+            let gamma_buf = gpu
+                .storage_with("gamma", bytemuck::cast_slice(&gamma))
+                .unwrap();
+
+            // The norm of the stream, rows after a skipped one.
+            let first_row = n_rows % 2;
+            let x_rows = first_row + n_rows;
+            let x_held = random_vec(&mut rng, (1 + n_parts) * x_rows * n_in, 1.0);
+            let out_before = random_vec(&mut rng, n_rows * n_out, 1.0);
+            let stream = sum_parts_cpu(&x_held, n_parts);
+            let mut want = out_before.clone();
+            let x_stream = &stream[first_row * n_in..];
+            let norm_of = Some((&gamma[..], EPS));
+            matmul_cpu(
+                format,
+                &stacked_bytes,
+                n_in,
+                n_out,
+                x_stream,
+                &mut want,
+                norm_of,
+                Epilogue::Swiglu,
+            )
+            .unwrap();
+            let x = x_buffer(gpu, kind, &x_held);
+            let out = gpu
+                .storage_with("out", bytemuck::cast_slice(&out_before))
+                .unwrap();
+            let shape = Params::new(n_rows as u32, n_in as u32, n_out as u32)
+                .with_eps(EPS)
+                .from_row(first_row as u32)
+                .with_parts(n_parts as u32);
+            let (arena, slot) = arena_with(gpu, &shape);
+            let inputs = Inputs {
+                weight: &stacked,
+                x: &x,
+                gamma: Some(&gamma_buf),
+            };
+            let dispatch = norm
+                .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
+                .unwrap();
+            run(gpu, &[&dispatch]);
+            let got = read_f32(gpu, &out, n_rows * n_out).await;
+            assert_close(&name(&norm.variant().name()), &got, &want, tol(n_in));
+
+            // The down projection into the stream, its parts after it.
+            let row_bytes = format.row_bytes(n_in).unwrap();
+            let plain_bytes = &stacked_bytes[..n_out * row_bytes];
+            let plain = upload_weight(gpu, "down", format, plain_bytes).unwrap();
+            let act = random_vec(&mut rng, n_rows * n_in, 1.0);
+            let out_held = random_vec(&mut rng, (1 + n_parts) * n_rows * n_out, 1.0);
+            let mut want = sum_parts_cpu(&out_held, n_parts);
+            matmul_cpu(
+                format,
+                plain_bytes,
+                n_in,
+                n_out,
+                &act,
+                &mut want,
+                None,
+                Epilogue::AccumulateParts,
+            )
+            .unwrap();
+            want.extend(&out_held[n_rows * n_out..]);
+            let x = x_buffer(gpu, kind, &act);
+            let out = gpu
+                .storage_with("out", bytemuck::cast_slice(&out_held))
+                .unwrap();
+            let shape =
+                Params::new(n_rows as u32, n_in as u32, n_out as u32).with_parts(n_parts as u32);
+            let (arena, slot) = arena_with(gpu, &shape);
+            let dispatch = down
+                .dispatch(gpu, arena.binding(slot), raw(&plain, &x), &out, shape)
+                .unwrap();
+            run(gpu, &[&dispatch]);
+            let got = read_f32(gpu, &out, out_held.len()).await;
+            assert_close(&name(&down.variant().name()), &got, &want, tol(n_in));
+        }
+    }
+}
+
+gpu_test!(matmul_parts_reject_buffers_that_cannot_hold_them);
+/// A stream in parts needs room for them all: x or out one row only, more than the vec form's
+/// uniform x holds, a row wider than it stages.
+async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
+    let format = WeightFormat::Q4_1;
+    let new =
+        |kind, prologue, epilogue| Matmul::new(gpu, format, kind, prologue, epilogue).unwrap();
+    let gamma = gpu.storage("gamma", 4 * 2080).unwrap();
+    let too_small = |e: MatmulError, what: &str| {
+        assert!(
+            matches!(&e, MatmulError::BufferTooSmall { buffer, .. } if *buffer == what),
+            "{e:?}"
+        );
+    };
+    let (n_in, n_out) = (64u32, 3u32);
+    let weight = |n_in, n_out| {
+        let bytes = random_weight(3, format, n_in as usize, n_out as usize);
+        upload_weight(gpu, "w", format, &bytes).unwrap()
+    };
+    let stacked = weight(n_in, 2 * n_out);
+    let plain = weight(n_in, n_out);
+    let shape = Params::new(1, n_in, n_out).with_parts(9);
+    let (arena, slot) = arena_with(gpu, &shape);
+    let one_row = x_buffer(gpu, MatmulKind::Tile, &vec![0.0; n_in as usize]);
+    let out = gpu.storage("out", 4 * u64::from(n_out)).unwrap();
+    let norm = new(MatmulKind::Tile, Prologue::PartsRmsNorm, Epilogue::Swiglu);
+    let inputs = Inputs {
+        weight: &stacked,
+        x: &one_row,
+        gamma: Some(&gamma),
+    };
+    let e = norm
+        .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
+        .err()
+        .unwrap();
+    too_small(e, "x");
+    let down = new(MatmulKind::Tile, Prologue::Raw, Epilogue::AccumulateParts);
+    let e = down
+        .dispatch(gpu, arena.binding(slot), raw(&plain, &one_row), &out, shape)
+        .err()
+        .unwrap();
+    too_small(e, "out");
+
+    let vec_norm = new(MatmulKind::Vec, Prologue::PartsRmsNorm, Epilogue::Store);
+    let big_out = gpu.storage("out", 4 * 16).unwrap();
+    for (n_in, n_parts) in [(2048u32, 9u32), (2080, 1)] {
+        let w = weight(n_in, 16);
+        let x = x_buffer(gpu, MatmulKind::Vec, &[0.0; 4]);
+        let shape = Params::new(1, n_in, 16).with_parts(n_parts);
+        let (arena, slot) = arena_with(gpu, &shape);
+        let inputs = Inputs {
+            weight: &w,
+            x: &x,
+            gamma: Some(&gamma),
+        };
+        let e = vec_norm
+            .dispatch(gpu, arena.binding(slot), inputs, &big_out, shape)
+            .err()
+            .unwrap();
+        match n_parts {
+            // 10 copies of a 2048-wide row: 80 KiB, past the 64 KiB uniform x.
+            9 => assert!(
+                matches!(e, MatmulError::TooManyRows { n_rows: 10, .. }),
+                "{e:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    e,
+                    MatmulError::StagedWidth {
+                        n_in: 2080,
+                        max: 2048,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
 use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
 use sinkstar::kernels::stream::{dispatch_overhead, stream_bandwidth};
-use sinkstar::model::{sinkstar_home, Session, SessionOptions};
+use sinkstar::model::{sinkstar_home, Part, Session, SessionOptions};
 use sinkstar::tokenizer::Tokenizer;
 
 use crate::cli::{describe_policy, load, Cli, Loaded, PolicyArgs, Progress};
@@ -225,7 +225,12 @@ fn bench_basic(
     }
     // Where a token's time goes: each part of the decode step alone (this consumes the
     // session, whose caches the out-of-order re-runs overwrite).
+    let projects = session.projects_in_attention();
     let profile = session.profile_decode(repeat)?;
+    let name = |part: Part| match part {
+        Part::Attention if projects => "attention + output projection",
+        _ => part.name(),
+    };
     let profiled: f64 = profile.iter().map(|(_, secs)| secs).sum();
     println!(
         "decode profile (each part of a step alone, all layers; the parts sum to {:.1} ms):",
@@ -234,14 +239,14 @@ fn bench_basic(
     for (part, secs) in &profile {
         println!(
             "  {:32} {:7.2} ms {:5.1}%",
-            part.name(),
+            name(*part),
             secs * 1e3,
             100.0 * secs / profiled
         );
     }
     let profile_json: serde_json::Value = profile
         .iter()
-        .map(|(part, secs)| serde_json::json!({"part": part.name(), "secs": secs}))
+        .map(|(part, secs)| serde_json::json!({"part": name(*part), "secs": secs}))
         .collect();
     Ok(vec![
         ("decode_profile", profile_json),

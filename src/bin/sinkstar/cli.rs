@@ -55,6 +55,11 @@ pub struct Cli {
     /// drivers such as lavapipe
     #[arg(long, global = true, value_enum, default_value_t = PrefillMatmul::Auto)]
     pub prefill_matmul: PrefillMatmul,
+    /// Decode's attention output projection: `fused` (each head's share computed in the
+    /// attention kernel and summed into the residual stream by the FFN's matmuls: 4 dispatches a
+    /// layer, where the model's shapes allow it) or `separate` (a matmul of its own: 5)
+    #[arg(long, global = true, value_enum, default_value_t = OutputProjection::Fused)]
+    pub output_projection: OutputProjection,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +69,12 @@ pub enum PrefillMatmul {
     Auto,
     Tile,
     Shared,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OutputProjection {
+    Fused,
+    Separate,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -340,6 +351,7 @@ pub fn gpu_options(cli: &Cli, adapter: Option<usize>) -> GpuOptions {
             PrefillMatmul::Tile => Some(false),
             PrefillMatmul::Shared => Some(true),
         },
+        fuse_output_projection: Some(matches!(cli.output_projection, OutputProjection::Fused)),
     }
 }
 
