@@ -211,12 +211,19 @@ fn block_origin(wid: vec3<u32>, n_wg: vec3<u32>, rows: u32, cols: u32) -> vec2<u
 
 #if MATVEC
 #if STAGE_X
-// The workgroup's row of x, normalised by gamma (not yet by 1 / rms) and with its parts summed:
-// computed once by the whole workgroup rather than by each invocation (n_in <= 4 STAGED_VEC4S,
-// checked on the host), and the invocations' shares of its sum of squares.
+// The workgroup's row of x times gamma (not yet 1 / rms), with X_PARTS its parts summed,
+// computed once by the whole workgroup rather than by each invocation, and the invocations'
+// shares of its sum of squares. Rows wider than 4 STAGED_VEC4S values are not staged: every
+// invocation reads them as the other forms do (the declared size is reserved whatever the row).
 const STAGED_VEC4S: u32 = 512u;
 var<workgroup> x_staged: array<vec4<f32>, STAGED_VEC4S>;
 var<workgroup> squares_part: array<f32, WG_SIZE>;
+
+// Whether rows of x are staged: the same for the whole dispatch (n_in is uniform), so the
+// barrier in `stage_x` stays in uniform control flow.
+fn staged() -> bool {
+    return params.n_in <= 4u * STAGED_VEC4S;
+}
 
 // Stages the row of x at flat index x_row; returns its 1 / rms. Every invocation must call it.
 fn stage_x(x_row: u32, lid: u32) -> f32 {
@@ -239,10 +246,11 @@ fn stage_x(x_row: u32, lid: u32) -> f32 {
 // x[x_row + i ..+ 4] times gamma: what weights i ..+ 4 multiply.
 fn x_in(x_row: u32, i: u32) -> vec4<f32> {
 #if STAGE_X
-    return x_staged[i >> 2u];
-#else
-    return x4_at(x_row + i) * gamma4(i);
+    if staged() {
+        return x_staged[i >> 2u];
+    }
 #endif
+    return x4_at(x_row + i) * gamma4(i);
 }
 
 // acc + the 8 products of one group, kept as 4 partial sums.
@@ -363,9 +371,14 @@ fn main(
     let o = origin.y + lid;
     let x_row = (params.first_row + r) * params.n_in;
 #if STAGE_X
-    let row_scale = stage_x(x_row, lid);
+    var x_scale: f32;
+    if staged() {
+        x_scale = stage_x(x_row, lid);
+    } else {
+        x_scale = row_scale(x_row);
+    }
 #else
-    let row_scale = row_scale(x_row);
+    let x_scale = row_scale(x_row);
 #endif
 #if SWIGLU
     let s = sums(w_row(o), w_row(o + WG_SIZE), up_row(o), up_row(o + WG_SIZE), x_row, 0u, 1u);
@@ -373,7 +386,7 @@ fn main(
     let s = sums(w_row(o), w_row(o + WG_SIZE), w_row(o + 2u * WG_SIZE), w_row(o + 3u * WG_SIZE), x_row, 0u, 1u);
 #endif
     // dot(a, scale): the sum of a's partial sums, times the row's scale.
-    let scale = vec4<f32>(row_scale);
+    let scale = vec4<f32>(x_scale);
 #if SWIGLU
     store(r, o, swiglu(dot(s.a0, scale), dot(s.a2, scale)));
     store(r, o + WG_SIZE, swiglu(dot(s.a1, scale), dot(s.a3, scale)));

@@ -179,14 +179,6 @@ pub enum MatmulError {
         n_in: u32,
         capacity: u64,
     },
-    #[error(
-        "kernel `{variant}` stages x in workgroup memory: n_in = {n_in} is past its {max} values"
-    )]
-    StagedWidth {
-        variant: String,
-        n_in: u32,
-        max: u32,
-    },
     #[error("kernel `{variant}` binds {expected} output buffers, {got} given")]
     Outputs {
         variant: String,
@@ -481,8 +473,9 @@ const SUBGROUP_WG_ROWS: u32 = 32;
 /// from a uniform buffer as from a storage buffer.
 pub const VEC_X_BYTES: u64 = 65536;
 
-/// Widest x the vec form with [`Prologue::PartsRmsNorm`] stages (`STAGED_VEC4S` vec4s in
-/// matmul.wgsl: 8 KiB of workgroup memory).
+/// Widest row of x the vec form stages when it normalises (`STAGED_VEC4S` vec4s in
+/// matmul.wgsl: 8 KiB of workgroup memory, declared whatever the row, so kept to what the
+/// models here need); wider rows are read as the other forms read them.
 pub const VEC_STAGED_X: u32 = 2048;
 
 /// What a matmul does to x before multiplying.
@@ -672,11 +665,14 @@ impl Variant {
         })
     }
 
-    /// Whether the kernel sums a row of x once per workgroup, into workgroup memory: the vec
-    /// form with the parts, whose invocations would each sum the whole row (3x slower on
-    /// lavapipe; the subgroup form's lanes and the tiles' rows share it out already).
+    /// Whether the kernel normalises a row of x once per workgroup, into workgroup memory (rows
+    /// up to [`VEC_STAGED_X`] wide): the vec form, whose invocations each read the whole row;
+    /// with the parts they would each sum them all (3x slower on lavapipe), and without them
+    /// staging saves every invocation its pass over the squares and its loads of gamma (5-10%
+    /// of a decoded token on lavapipe). The subgroup form's lanes and the tiles' rows share the
+    /// row out already.
     fn stages_x(&self) -> bool {
-        self.kind == MatmulKind::Vec && self.prologue == Prologue::PartsRmsNorm
+        self.kind == MatmulKind::Vec && self.prologue.normalises()
     }
 
     /// Output buffers it binds: q and the k and v caches for [`Epilogue::Split`], else one.
@@ -815,13 +811,6 @@ impl Matmul {
         }
         if !n_in.is_multiple_of(4) {
             return Err(MatmulError::NotVec4 { variant, n_in });
-        }
-        if self.variant.stages_x() && n_in > VEC_STAGED_X {
-            return Err(MatmulError::StagedWidth {
-                variant,
-                n_in,
-                max: VEC_STAGED_X,
-            });
         }
         let rows = u64::from(n_rows);
         let too_small = |buffer, bytes, needed| MatmulError::BufferTooSmall {

@@ -295,8 +295,7 @@ impl Session {
         let project = gpu.fuse_output_projection
             && c.head_dim.is_multiple_of(32)
             && (decode_kind != MatmulKind::Vec
-                || (bytes_f32(parts_rows * c.dim) <= matmul::VEC_X_BYTES
-                    && c.dim <= matmul::VEC_STAGED_X as usize));
+                || bytes_f32(parts_rows * c.dim) <= matmul::VEC_X_BYTES);
         let x_rows = if project {
             chunk.max(parts_rows)
         } else {

@@ -1,7 +1,8 @@
 use sinkstar::gpu::{Gpu, TrackedBuffer};
 use sinkstar::kernels::matmul::{
     check_weight, matmul_cpu, sum_parts_cpu, upload_weight, CacheOutputs, Epilogue, Inputs, Matmul,
-    MatmulError, MatmulKind, Params, Prologue, SharedTile, Variant, WeightFormat, VEC_X_BYTES,
+    MatmulError, MatmulKind, Params, Prologue, SharedTile, Variant, WeightFormat, VEC_STAGED_X,
+    VEC_X_BYTES,
 };
 use sinkstar::model::quant::quantize;
 
@@ -339,6 +340,10 @@ async fn matmul_matches_cpu_on_model_shapes(gpu: &Gpu) {
         let kernels = kernels(gpu, format);
         // ffn_gate / ffn_up of the default model, a prefill of 5 tokens.
         check_shape(gpu, &kernels, 5, 576, 1536).await;
+        if format == WeightFormat::Q4_1 {
+            // A row wider than the vec form stages in workgroup memory when it normalises.
+            check_shape(gpu, &kernels, 1, VEC_STAGED_X as usize + 32, 5).await;
+        }
         if format == WeightFormat::Q8_0 {
             // The tied LM head: 49152 outputs need a 2-D grid.
             check_shape(gpu, &kernels, 1, 576, 49152).await;
@@ -352,7 +357,8 @@ gpu_test!(matmul_sums_the_streams_parts);
 /// once per workgroup, into workgroup memory; subgroup and tile as they load), the down
 /// projection's epilogue into out, against `matmul_cpu` on the summed stream
 /// (`sum_parts_cpu`); the parts stay as they were. Decode's one row, and a few rows after a
-/// skipped one at the default model's width; 9 parts (its heads) and 3.
+/// skipped one at the default model's width; 9 parts (its heads) and 3; a row past the vec
+/// form's staging.
 async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
     let cases = [
         (WeightFormat::Q4_1, MatmulKind::Vec),
@@ -368,7 +374,12 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
         let norm = Matmul::new(gpu, format, kind, Prologue::PartsRmsNorm, Epilogue::Swiglu);
         let down = Matmul::new(gpu, format, kind, Prologue::Raw, Epilogue::AccumulateParts);
         let (norm, down) = (norm.unwrap(), down.unwrap());
-        for (n_rows, n_in, n_out, n_parts) in [(1, 96, 67, 9), (3, 576, 5, 3)] {
+        // The last: a row wider than the vec form stages.
+        for (n_rows, n_in, n_out, n_parts) in [
+            (1, 96, 67, 9),
+            (3, 576, 5, 3),
+            (1, VEC_STAGED_X as usize + 32, 5, 2),
+        ] {
             let name = |what: &str| format!("{what} {n_rows}x{n_in}->{n_out} {n_parts} parts");
             let seed = (n_rows * 1009 + n_in) as u64;
             let mut rng = rng(seed);
@@ -458,7 +469,7 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
 
 gpu_test!(matmul_parts_reject_buffers_that_cannot_hold_them);
 /// A stream in parts needs room for them all: x or out one row only, more than the vec form's
-/// uniform x holds, a row wider than it stages.
+/// uniform x holds.
 async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
     let format = WeightFormat::Q4_1;
     let new =
@@ -499,41 +510,26 @@ async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
         .unwrap();
     too_small(e, "out");
 
+    // 10 copies of a 2048-wide row: 80 KiB, past the vec form's 64 KiB uniform x.
     let vec_norm = new(MatmulKind::Vec, Prologue::PartsRmsNorm, Epilogue::Store);
     let big_out = gpu.storage("out", 4 * 16).unwrap();
-    for (n_in, n_parts) in [(2048u32, 9u32), (2080, 1)] {
-        let w = weight(n_in, 16);
-        let x = x_buffer(gpu, MatmulKind::Vec, &[0.0; 4]);
-        let shape = Params::new(1, n_in, 16).with_parts(n_parts);
-        let (arena, slot) = arena_with(gpu, &shape);
-        let inputs = Inputs {
-            weight: &w,
-            x: &x,
-            gamma: Some(&gamma),
-        };
-        let e = vec_norm
-            .dispatch(gpu, arena.binding(slot), inputs, &big_out, shape)
-            .err()
-            .unwrap();
-        match n_parts {
-            // 10 copies of a 2048-wide row: 80 KiB, past the 64 KiB uniform x.
-            9 => assert!(
-                matches!(e, MatmulError::TooManyRows { n_rows: 10, .. }),
-                "{e:?}"
-            ),
-            _ => assert!(
-                matches!(
-                    e,
-                    MatmulError::StagedWidth {
-                        n_in: 2080,
-                        max: 2048,
-                        ..
-                    }
-                ),
-                "{e:?}"
-            ),
-        }
-    }
+    let w = weight(2048, 16);
+    let x = x_buffer(gpu, MatmulKind::Vec, &[0.0; 4]);
+    let shape = Params::new(1, 2048, 16).with_parts(9);
+    let (arena, slot) = arena_with(gpu, &shape);
+    let inputs = Inputs {
+        weight: &w,
+        x: &x,
+        gamma: Some(&gamma),
+    };
+    let e = vec_norm
+        .dispatch(gpu, arena.binding(slot), inputs, &big_out, shape)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, MatmulError::TooManyRows { n_rows: 10, .. }),
+        "{e:?}"
+    );
 }
 
 gpu_test!(matmul_spills_grid_into_y);
