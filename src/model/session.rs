@@ -489,21 +489,21 @@ impl Session {
             .zip(mta_passes)
             .enumerate()
             .map(|(l, (w, mta))| {
+                let buffers = attention::Buffers {
+                    q: &b.q,
+                    k_cache: &b.k_cache[l],
+                    v_cache: &b.v_cache[l],
+                    slot_token: &b.slot_token,
+                    rope: &b.rope,
+                    out: &b.att,
+                    lse: &b.lse,
+                };
                 let projected = match project && mta.is_none() {
                     false => None,
                     true => {
                         let output = Projection {
                             format: w.wo.format,
                             dim: c.dim as u32,
-                        };
-                        let buffers = attention::Buffers {
-                            q: &b.q,
-                            k_cache: &b.k_cache[l],
-                            v_cache: &b.v_cache[l],
-                            slot_token: &b.slot_token,
-                            rope: &b.rope,
-                            out: &b.att,
-                            lse: &b.lse,
                         };
                         let attention = Attention::row_projecting(&gpu, head_dim, output)?
                             .dispatch_projecting(
@@ -571,15 +571,6 @@ impl Session {
                         Epilogue::Split,
                     )?,
                     attention: {
-                        let buffers = attention::Buffers {
-                            q: &b.q,
-                            k_cache: &b.k_cache[l],
-                            v_cache: &b.v_cache[l],
-                            slot_token: &b.slot_token,
-                            rope: &b.rope,
-                            out: &b.att,
-                            lse: &b.lse,
-                        };
                         let dispatch = |kernel: &Attention, bound, buffers| {
                             kernel.dispatch(&gpu, arena.binding(p.attention), bound, buffers)
                         };

@@ -296,6 +296,19 @@ fn raw<'a>(weight: &'a wgpu::Buffer, x: &'a wgpu::Buffer) -> Inputs<'a> {
     }
 }
 
+/// Inputs of a kernel that normalises with `gamma`.
+fn normed<'a>(
+    weight: &'a wgpu::Buffer,
+    x: &'a wgpu::Buffer,
+    gamma: &'a wgpu::Buffer,
+) -> Inputs<'a> {
+    Inputs {
+        weight,
+        x,
+        gamma: Some(gamma),
+    }
+}
+
 gpu_test!(matmul_matches_cpu);
 async fn matmul_matches_cpu(gpu: &Gpu) {
     // One block, an odd number of blocks, the model's width; float formats (one weight per
@@ -419,11 +432,7 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
                 .from_row(first_row as u32)
                 .with_parts(n_parts as u32);
             let (arena, slot) = arena_with(gpu, &shape);
-            let inputs = Inputs {
-                weight: &stacked,
-                x: &x,
-                gamma: Some(&gamma_buf),
-            };
+            let inputs = normed(&stacked, &x, &gamma_buf);
             let dispatch = norm
                 .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
                 .unwrap();
@@ -493,11 +502,7 @@ async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
     let one_row = x_buffer(gpu, MatmulKind::Tile, &vec![0.0; n_in as usize]);
     let out = gpu.storage("out", 4 * u64::from(n_out)).unwrap();
     let norm = new(MatmulKind::Tile, Prologue::PartsRmsNorm, Epilogue::Swiglu);
-    let inputs = Inputs {
-        weight: &stacked,
-        x: &one_row,
-        gamma: Some(&gamma),
-    };
+    let inputs = normed(&stacked, &one_row, &gamma);
     let e = norm
         .dispatch(gpu, arena.binding(slot), inputs, &out, shape)
         .err()
@@ -517,11 +522,7 @@ async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
     let x = x_buffer(gpu, MatmulKind::Vec, &[0.0; 4]);
     let shape = Params::new(1, 2048, 16).with_parts(9);
     let (arena, slot) = arena_with(gpu, &shape);
-    let inputs = Inputs {
-        weight: &w,
-        x: &x,
-        gamma: Some(&gamma),
-    };
+    let inputs = normed(&w, &x, &gamma);
     let e = vec_norm
         .dispatch(gpu, arena.binding(slot), inputs, &big_out, shape)
         .err()
