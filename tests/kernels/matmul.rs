@@ -147,10 +147,9 @@ impl Problem {
         x: &'a wgpu::Buffer,
         gamma: &'a wgpu::Buffer,
     ) -> Inputs<'a> {
-        Inputs {
-            weight,
-            x,
-            gamma: variant.prologue.normalises().then_some(gamma),
+        match variant.prologue.normalises() {
+            true => normed(weight, x, gamma),
+            false => raw(weight, x),
         }
     }
 }
