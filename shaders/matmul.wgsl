@@ -17,7 +17,8 @@
 // out[r, o] += sum + the parts' [r, o]: the same parts' residual add, where the stream is written.
 // W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by common/quant.wgsl and never
 // expanded in memory.
-// No barriers, no workgroup memory: CPU drivers run those 5-10x slower. The invocations of a
+// No barriers, no workgroup memory (but the vec form's one staging of a normalised row, and the
+// shared form): CPU drivers run those 5-10x slower in loops. The invocations of a
 // workgroup take neighbouring output columns of the same rows, so x is read at the same address
 // by all of them. On lavapipe the cost is in loads (a storage load costs a dozen instructions
 // per invocation, a uniform load at a shared address almost nothing), so each invocation keeps
@@ -25,7 +26,9 @@
 // loops end up in memory there (measured 1.5-3x slower).
 //   vec (decode: one or a few rows; CPU drivers): x in a uniform buffer; an invocation computes 4
 //     columns of one row (o, o + WG_SIZE, o + 2 WG_SIZE, o + 3 WG_SIZE; SWIGLU: the gate and up
-//     rows of outputs o and o + WG_SIZE).
+//     rows of outputs o and o + WG_SIZE). With NORM (STAGE_X) the workgroup first stages its row
+//     times gamma, and the row's squares, in workgroup memory, behind one barrier: each
+//     invocation would otherwise read the row (and with X_PARTS its parts) and gamma itself.
 //   subgroup (decode on GPUs with subgroup operations): x in a storage buffer (a GPU's uniform
 //     cache serialises lanes that read different addresses); a subgroup computes 4 columns of one
 //     row, its lanes taking the row's chunks in turn, so that neighbouring lanes read neighbouring

@@ -262,6 +262,18 @@ impl Variant {
     /// 64-wide heads, 32 above, so that the merge's accumulators (`wg_size * head_dim` f32) stay
     /// within 16 KiB, half of SwiftShader's 32 KiB of workgroup memory.
     pub fn row_for(head_dim: u32) -> Result<Variant, AttentionError> {
+        Variant::row(head_dim, None)
+    }
+
+    /// [`Variant::row_for`] with the fused output projection (`head_dim` a multiple of 32).
+    pub fn row_projecting(head_dim: u32, output: Projection) -> Result<Variant, AttentionError> {
+        if !head_dim.is_multiple_of(32) {
+            return Err(AttentionError::ProjectionHeadDim { head_dim });
+        }
+        Variant::row(head_dim, Some(output))
+    }
+
+    fn row(head_dim: u32, output: Option<Projection>) -> Result<Variant, AttentionError> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > ROW_MAX_HEAD_DIM {
             return Err(AttentionError::HeadDim {
                 head_dim,
@@ -272,25 +284,8 @@ impl Variant {
         Ok(Variant::Row {
             head_dim,
             wg_size,
-            output: None,
+            output,
         })
-    }
-
-    /// [`Variant::row_for`] with the fused output projection (`head_dim` a multiple of 32).
-    pub fn row_projecting(head_dim: u32, output: Projection) -> Result<Variant, AttentionError> {
-        if !head_dim.is_multiple_of(32) {
-            return Err(AttentionError::ProjectionHeadDim { head_dim });
-        }
-        match Variant::row_for(head_dim)? {
-            Variant::Row {
-                head_dim, wg_size, ..
-            } => Ok(Variant::Row {
-                head_dim,
-                wg_size,
-                output: Some(output),
-            }),
-            tile => Ok(tile),
-        }
     }
 
     /// The tiled variant for `n_heads` query heads over `n_kv_heads` kv heads of `head_dim`.

@@ -485,7 +485,9 @@ pub enum Prologue {
     Raw,
     /// Each row of x RMS-normalised with the weight `gamma [n_in]`:
     /// `gamma[i] * x[i] / sqrt(mean_j x[j]^2 + eps)` (the norm before attention, the FFN or the
-    /// head, fused). Every invocation computes its rows' norms itself.
+    /// head, fused). Every invocation computes its rows' norms itself, but in the vec form,
+    /// whose workgroup normalises its row once into workgroup memory (rows up to
+    /// [`VEC_STAGED_X`]).
     RmsNorm,
     /// [`Prologue::RmsNorm`] of the residual stream held as x's `first_row + n_rows` rows
     /// followed by `n_parts` parts of as many rows, summed as x is loaded: the heads' shares of
@@ -553,8 +555,10 @@ impl Epilogue {
     /// Rows of `W` per output column.
     pub fn weight_rows_per_output(self) -> u32 {
         match self {
-            Epilogue::Store | Epilogue::Accumulate | Epilogue::Split => 1,
-            Epilogue::AccumulateParts => 1,
+            Epilogue::Store
+            | Epilogue::Accumulate
+            | Epilogue::AccumulateParts
+            | Epilogue::Split => 1,
             Epilogue::Swiglu => 2,
         }
     }

@@ -208,9 +208,6 @@ pub struct Session {
     /// The attention shape of the step under way (its rows; for a decoded row, the parts its
     /// walk over the cache is split into).
     attention_shape: attention::Params,
-    /// The step under way runs the layers' [`ProjectedDecode`] (one decoded row, its walk in
-    /// one part, not an exchange step).
-    projected_step: bool,
     /// The sampling of the last decode step, for [`Session::profile_decode`].
     last_sampling: Option<SamplingParams>,
     /// Set by [`Session::enable_exchange`]: this session is a shard of a multi-device
@@ -663,7 +660,6 @@ impl Session {
             submissions: std::sync::atomic::AtomicU64::new(0),
             step_dispatches: 0,
             attention_shape: attention_bound,
-            projected_step: false,
             last_sampling: None,
             exchange: None,
             exchange_rows: None,
@@ -1361,18 +1357,32 @@ impl Session {
             1 => attention::decode_parts(n_slots, c.n_heads as u32, gpu.decode_workgroups),
             _ => 1,
         };
-        self.projected_step = rows == 1 && n_parts == 1 && self.exchange.is_none();
-        let p = &self.params;
-        let arena = &mut self.arena;
-        arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
-        // Every layer's matmuls share their slots: the shapes bound in layer 0, with this step's
-        // rows (and the FFN's, the heads' parts of the stream where a projected step has them).
-        let l0 = &self.layers[0];
-        let parts = if self.projected_step {
+        self.attention_shape = attention::Params {
+            n_rows: rows,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            n_slots,
+            first_token,
+            n_sink,
+            window,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            block: self.star_mask.map_or(0, |(block, _)| block),
+            anchor: self.star_mask.map_or(0, |(_, anchor)| anchor),
+            n_parts,
+        };
+        // The FFN's matmuls read the heads' parts of the stream where a projected step has them.
+        let parts = if self.projecting_step() {
             c.n_heads as u32
         } else {
             0
         };
+        let p = &self.params;
+        let arena = &mut self.arena;
+        arena.set(p.embed, &embed::Params::new(rows, c.dim as u32))?;
+        // Every layer's matmuls share their slots: the shapes bound in layer 0, with this step's
+        // rows.
+        let l0 = &self.layers[0];
         for (slot, m, n_parts) in [
             (p.qkv, &l0.qkv, 0),
             (p.o, &l0.o, 0),
@@ -1399,20 +1409,6 @@ impl Session {
             ..self.head.shape
         };
         arena.set(p.head, &head_shape.from_row(rows - head_rows))?;
-        self.attention_shape = attention::Params {
-            n_rows: rows,
-            n_heads: c.n_heads as u32,
-            n_kv_heads: c.n_kv_heads as u32,
-            head_dim: c.head_dim as u32,
-            n_slots,
-            first_token,
-            n_sink,
-            window,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            block: self.star_mask.map_or(0, |(block, _)| block),
-            anchor: self.star_mask.map_or(0, |(_, anchor)| anchor),
-            n_parts,
-        };
         arena.set(p.attention, &self.attention_shape)?;
         let merge = attention_merge::Params::new(n_parts, 1, c.n_heads as u32, c.head_dim as u32);
         arena.set(p.split_merge, &merge)?;
@@ -1436,6 +1432,19 @@ impl Session {
         Ok(rows)
     }
 
+    /// Whether the step under way (as `begin_step` shaped it) runs the layers'
+    /// [`ProjectedDecode`]: one decoded row, its walk in one part, not an exchange step.
+    fn projecting_step(&self) -> bool {
+        let shape = &self.attention_shape;
+        shape.n_rows == 1 && shape.n_parts == 1 && self.exchange.is_none()
+    }
+
+    /// Layer `layer`'s [`ProjectedDecode`], if it has one and the step under way runs it.
+    fn projected(&self, layer: usize) -> Option<&ProjectedDecode> {
+        let projected = self.layers[layer].projected.as_ref();
+        projected.filter(|_| self.projecting_step())
+    }
+
     fn record_embed(&self, recorder: &mut Recorder, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         let dim = self.model.config.dim as u32;
@@ -1456,7 +1465,7 @@ impl Session {
         let c = &self.model.config;
         let l = &self.layers[layer];
         recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
-        if let (true, Some(projected)) = (self.projected_step, &l.projected) {
+        if let Some(projected) = self.projected(layer) {
             let d = &projected.attention;
             recorder.record(Part::Attention, d, d.workgroups);
             return Ok(());
@@ -1493,7 +1502,7 @@ impl Session {
     fn record_ffn_half(&self, recorder: &mut Recorder, layer: usize, rows: u32) -> Result<()> {
         let gpu = self.model.gpu();
         let l = &self.layers[layer];
-        if let (true, Some(projected)) = (self.projected_step, &l.projected) {
+        if let Some(projected) = self.projected(layer) {
             // The output projection ran in attention; these sum its parts into the stream.
             for (part, d) in [
                 (Part::GateUp, &projected.gate_up),
