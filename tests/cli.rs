@@ -1,8 +1,8 @@
 //! The `sinkstar` binary end to end: `ppl` on the real model (scripts/fetch-model.sh puts it in
 //! $SINKSTAR_HOME, default ~/.cache/sinkstar) over a short text, `ask` about a short document
-//! with a pass key in it, `plot` on CSV files and `mta-toy` on the golden MTA model. Run
-//! on whatever adapter wgpu picks (lavapipe will do); `plot` needs DejaVu Sans
-//! (fonts-dejavu-core, scripts/setup.sh).
+//! with a pass key in it, `plot` on CSV files, `mta-toy` on the golden MTA model and `bench
+//! --versus` on the real model. Run on whatever adapter wgpu picks (lavapipe will do); `plot`
+//! needs DejaVu Sans (fonts-dejavu-core, scripts/setup.sh).
 
 mod common;
 
@@ -535,4 +535,48 @@ fn output_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     // Ended by SIGPIPE (13 on Linux and macOS), not by a panic's exit code.
     assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}
+
+#[test]
+fn bench_versus_runs_both_device_configurations_in_turn() {
+    // The default model, fused against separate output projection: the second decodes with
+    // one dispatch more per layer.
+    let json = scratch("versus.json");
+    let out = sinkstar(&[
+        "bench",
+        "--versus",
+        "--output-projection separate",
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "8",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let versus = &result["versus"];
+    assert_eq!(versus["flags"], "--output-projection separate");
+    let (a, b) = (
+        versus["a_decode_dispatches"].as_u64().unwrap(),
+        versus["b_decode_dispatches"].as_u64().unwrap(),
+    );
+    assert_eq!(b, a + 30, "{versus}");
+    assert_eq!(versus["decode"]["turns"], 2);
+    for timing in [&versus["decode"], &versus["prefill"][0]] {
+        let ratio = timing["time_ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{timing}");
+    }
+    assert!(versus["prefill"][0]["b_tok_per_s"].as_f64().unwrap() > 0.0);
+    assert!(versus["decode"]["a_ms_per_token"].as_f64().unwrap() > 0.0);
+
+    // Only device flags: a policy flag is refused by name.
+    let out = sinkstar(&["bench", "--versus", "--attention sink"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--versus takes device flags only"), "{err}");
+    assert!(err.contains("--attention"), "{err}");
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{padded_weight_bytes, WeightFormat};
+use super::matmul::{weight_buffer_bytes, WeightFormat};
 use super::shader_source;
 use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
 use crate::model::quant::dequantize;
@@ -659,11 +659,8 @@ impl Attention {
         // group a binding short or over: `Kernel::bind` names the kernel and both counts.
         if let (Some(output), Some(projection)) = (self.variant.projection(), projection) {
             let q_dim = u64::from(params.n_heads) * hd;
-            let row_bytes = output
-                .format
-                .row_bytes(q_dim as usize)
-                .unwrap_or(usize::MAX);
-            let needed = padded_weight_bytes(row_bytes.saturating_mul(output.dim as usize));
+            let needed = weight_buffer_bytes(output.format, q_dim as usize, output.dim as usize)
+                .unwrap_or(u64::MAX);
             if projection.weight.size() != needed {
                 return Err(AttentionError::BufferSize {
                     kernel: "attention",

@@ -243,8 +243,16 @@ fn weight_bytes(
 
 /// The size of the buffer [`upload_weight`] makes for `n_bytes` bytes of blocks: zero-padded to
 /// whole 32-bit words (the shader reads `array<u32>`), and never empty.
-pub fn padded_weight_bytes(n_bytes: usize) -> u64 {
+fn padded_weight_bytes(n_bytes: usize) -> u64 {
     n_bytes.max(4).next_multiple_of(4) as u64
+}
+
+/// The size of the buffer [`upload_weight`] makes for a `[n_out, n_in]` matrix of `format`, for
+/// kernels besides the matmul that read one; `None` where `n_in` is not a whole number of blocks
+/// or the size overflows.
+pub fn weight_buffer_bytes(format: WeightFormat, n_in: usize, n_out: usize) -> Option<u64> {
+    let bytes = weight_bytes("", format, n_in, n_out).ok().flatten()?;
+    Some(padded_weight_bytes(bytes))
 }
 
 /// Uploads the raw ggml blocks of a weight matrix `[n_out, n_in]` (ggml `ne = [n_in, n_out]`),

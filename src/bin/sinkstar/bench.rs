@@ -1,22 +1,25 @@
 //! `sinkstar bench`: prefill and decode speed and the GPU memory held, on a dense session
 //! sized to the prompt; with `--history`, also decode speed and memory after long histories
 //! under the policy of `--attention` (issue 4 part 6: with `sink` neither may grow with the
-//! history; `dense` stops at its context).
+//! history; `dense` stops at its context); with `--versus`, the same prefill and decode on two
+//! device configurations in turn, for comparisons that a drifting machine would blur.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Parser};
 use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
 use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
 use sinkstar::kernels::stream::{dispatch_overhead, stream_bandwidth};
-use sinkstar::model::{sinkstar_home, Part, Session, SessionOptions};
+use sinkstar::model::{sinkstar_home, GpuModel, Part, Session, SessionOptions};
 use sinkstar::tokenizer::Tokenizer;
 
-use crate::cli::{describe_policy, load, Cli, Loaded, PolicyArgs, Progress};
+use crate::cli::{
+    describe_policy, load, load_again, Cli, DeviceFlags, Loaded, PolicyArgs, Progress,
+};
 use crate::ppl::tokenize;
 
 #[derive(Args)]
@@ -52,9 +55,25 @@ pub struct BenchArgs {
     /// over all heads, group norm and scalar gate everywhere) to measure what it costs
     #[arg(long)]
     mta: bool,
+    /// Compare with a second device configuration instead: these device flags on top of the
+    /// command's, e.g. "--output-projection separate". The two sessions prefill and decode in
+    /// turn in one process, so a machine whose speed drifts slows both alike; the ratios of
+    /// each pair are reported
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "history")]
+    versus: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
+
+/// `--versus`'s flags, parsed over a copy of the command's own.
+#[derive(Parser)]
+struct Versus {
+    #[command(flatten)]
+    device: DeviceFlags,
+}
+
+/// Tokens each session of a `--versus` comparison decodes in its turn.
+const VERSUS_TURN: usize = 4;
 
 /// mta.md §6's configuration of the paper's language models, for `n_layers` layers.
 fn paper_mta_layers(n_layers: usize, n_heads: usize) -> Vec<Option<MtaLayer>> {
@@ -91,6 +110,18 @@ fn bench_prompt(tokenizer: &Tokenizer, n_tokens: usize) -> anyhow::Result<Vec<u3
 }
 
 pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
+    let versus_device = match &args.versus {
+        Some(flags) => {
+            let mut parsed = Versus {
+                device: cli.device.clone(),
+            };
+            parsed
+                .try_update_from(std::iter::once("--versus").chain(flags.split_whitespace()))
+                .context("--versus takes device flags only")?;
+            Some(parsed.device)
+        }
+        None => None,
+    };
     let mut loaded = load(cli)?;
     let gpu = loaded.model.gpu().clone();
     println!(
@@ -101,10 +132,18 @@ pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         "device": gpu.info.name,
         "backend": format!("{:?}", gpu.info.backend),
     });
+    let mut versus = match versus_device {
+        Some(device) => Some(load_again(&loaded, &device)?),
+        None => None,
+    };
     if args.mta {
         let c = loaded.model.config.clone();
-        let model = Arc::get_mut(&mut loaded.model).context("the model is shared")?;
-        model.retrofit_mta(&paper_mta_layers(c.n_layers, c.n_heads))?;
+        let layers = paper_mta_layers(c.n_layers, c.n_heads);
+        for model in std::iter::once(&mut loaded.model).chain(versus.as_mut()) {
+            Arc::get_mut(model)
+                .context("the model is shared")?
+                .retrofit_mta(&layers)?;
+        }
         let n_conv = (0..c.n_layers).filter(|l| l % 4 == 2).count();
         println!(
             "mta: identity-initialised, 6x11 pre/post convolutions in {n_conv} of {} layers, \
@@ -114,7 +153,9 @@ pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         result["mta"] = serde_json::json!({"conv_layers": n_conv, "conv": [6, 11],
                                            "mix_size": c.n_heads, "gate": "scalar"});
     }
-    if !args.history_only {
+    if let (Some(flags), Some(other)) = (&args.versus, versus) {
+        result["versus"] = bench_versus(&loaded, other, flags, args)?;
+    } else if !args.history_only {
         let basic = bench_basic(&loaded, args)?;
         for (key, value) in basic {
             result[key] = value;
@@ -130,6 +171,126 @@ pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The prompt decode is timed after.
+const DECODE_PROMPT: usize = 16;
+
+/// A dense session of `model` just large enough for the prefills and the decode `args` ask
+/// for, its pipelines compiled by a first short run.
+fn bench_session(
+    loaded: &Loaded,
+    model: &Arc<GpuModel>,
+    args: &BenchArgs,
+) -> anyhow::Result<Session> {
+    let longest = args.prompt_tokens.iter().copied().max().unwrap_or(0);
+    let capacity = longest.max(DECODE_PROMPT) + args.decode_tokens + 1;
+    let mut session = Session::new(
+        model.clone(),
+        &SessionOptions {
+            policy: AttentionPolicy::Dense { capacity },
+            ..SessionOptions::default()
+        },
+    )?;
+    let greedy = SamplingParams::greedy();
+    session.feed_and_sample(&bench_prompt(&loaded.tokenizer, 8)?, &greedy)?;
+    session.decode(&greedy)?;
+    Ok(session)
+}
+
+/// `run` on both sessions, the first of them alternating with `round`; the seconds each took.
+fn in_turn(
+    sessions: &mut [Session; 2],
+    round: usize,
+    mut run: impl FnMut(&mut Session) -> anyhow::Result<()>,
+) -> anyhow::Result<[f64; 2]> {
+    let mut secs = [0.0; 2];
+    for side in [round % 2, 1 - round % 2] {
+        let start = Instant::now();
+        run(&mut sessions[side])?;
+        secs[side] = start.elapsed().as_secs_f64();
+    }
+    Ok(secs)
+}
+
+/// Prefill and decode on the command's device configuration (a) and on `--versus`'s (b), in
+/// turn: each prompt length `--repeat` times, then `--decode-tokens` decoded in turns of
+/// [`VERSUS_TURN`] tokens after a short prompt. Reports the medians of each side and of the
+/// pairs' time ratios b/a (above 1: b is slower).
+fn bench_versus(
+    loaded: &Loaded,
+    other: Arc<GpuModel>,
+    flags: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let mut sessions = [
+        bench_session(loaded, &loaded.model, args)?,
+        bench_session(loaded, &other, args)?,
+    ];
+    let dispatches = sessions.each_ref().map(Session::step_dispatches);
+    println!(
+        "a: the command's device flags ({} dispatches per decoded token); b: a with {flags} ({})",
+        dispatches[0], dispatches[1]
+    );
+    let greedy = SamplingParams::greedy();
+    let medians = |pairs: &[[f64; 2]]| {
+        let side = |i: usize| median(pairs.iter().map(|p| p[i]).collect());
+        let ratio = median(pairs.iter().map(|p| p[1] / p[0]).collect());
+        (side(0), side(1), ratio)
+    };
+    let mut prefill = Vec::new();
+    for &n in &args.prompt_tokens {
+        let prompt = bench_prompt(&loaded.tokenizer, n)?;
+        let mut pairs = Vec::new();
+        for round in 0..args.repeat.max(1) {
+            sessions.iter_mut().for_each(Session::reset);
+            pairs.push(in_turn(&mut sessions, round, |s| {
+                s.feed_and_sample(&prompt, &greedy)
+                    .map(drop)
+                    .map_err(Into::into)
+            })?);
+        }
+        let (a, b, ratio) = medians(&pairs);
+        let (a, b) = (n as f64 / a, n as f64 / b);
+        println!(
+            "prefill {n:5} tokens: a {a:8.1} tok/s, b {b:8.1} tok/s, time b/a {ratio:.3} \
+             (median of {} pairs)",
+            pairs.len()
+        );
+        prefill.push(
+            serde_json::json!({"tokens": n, "a_tok_per_s": a, "b_tok_per_s": b,
+                                        "time_ratio": ratio}),
+        );
+    }
+    let prompt = bench_prompt(&loaded.tokenizer, DECODE_PROMPT)?;
+    for session in &mut sessions {
+        session.reset();
+        session.feed_and_sample(&prompt, &greedy)?;
+    }
+    let turns = (args.decode_tokens / VERSUS_TURN).max(1);
+    let mut pairs = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let secs = in_turn(&mut sessions, turn, |s| {
+            for _ in 0..VERSUS_TURN {
+                s.decode(&greedy)?;
+            }
+            Ok(())
+        })?;
+        pairs.push(secs.map(|t| t * 1e3 / VERSUS_TURN as f64));
+    }
+    let (a, b, ratio) = medians(&pairs);
+    println!(
+        "decode: a {a:7.1} ms/token, b {b:7.1} ms/token, time b/a {ratio:.3} (median of {turns} \
+         turns of {VERSUS_TURN} tokens each)"
+    );
+    Ok(serde_json::json!({
+        "flags": flags,
+        "a_decode_dispatches": dispatches[0],
+        "b_decode_dispatches": dispatches[1],
+        "prefill": prefill,
+        "decode": {"turns": turns, "turn_tokens": VERSUS_TURN, "a_ms_per_token": a,
+                   "b_ms_per_token": b, "time_ratio": ratio},
+    }))
+}
+
 /// Prefill at each prompt length and decode after a short prompt, on a dense session just
 /// large enough; the JSON fields they fill.
 fn bench_basic(
@@ -138,27 +299,8 @@ fn bench_basic(
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
     let gpu = loaded.model.gpu();
     let (decode_tokens, repeat) = (args.decode_tokens, args.repeat.max(1));
-    let capacity = args
-        .prompt_tokens
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(16)
-        + decode_tokens
-        + 1;
-    let mut session = Session::new(
-        loaded.model.clone(),
-        &SessionOptions {
-            policy: AttentionPolicy::Dense { capacity },
-            ..SessionOptions::default()
-        },
-    )?;
+    let mut session = bench_session(loaded, &loaded.model, args)?;
     let greedy = SamplingParams::greedy();
-    // The first run of each pipeline pays for shader compilation: warm everything up.
-    session.reset();
-    session.feed_and_sample(&bench_prompt(&loaded.tokenizer, 8)?, &greedy)?;
-    session.decode(&greedy)?;
     let mut prefill = Vec::new();
     for &n in &args.prompt_tokens {
         let prompt = bench_prompt(&loaded.tokenizer, n)?;
@@ -173,7 +315,7 @@ fn bench_basic(
         println!("prefill {n:5} tokens: {rate:8.1} tok/s");
         prefill.push((n, rate));
     }
-    let prompt = bench_prompt(&loaded.tokenizer, 16)?;
+    let prompt = bench_prompt(&loaded.tokenizer, DECODE_PROMPT)?;
     let mut rates = Vec::new();
     let mut submissions = 0.0;
     for _ in 0..repeat {

@@ -2,7 +2,7 @@
 //! commands.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +34,16 @@ pub struct Cli {
     /// ~/.cache/sinkstar]
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The flags that choose the device and the forms of its kernels: everything [`GpuOptions`]
+/// holds (`bench --versus` takes a second set of them).
+#[derive(Args, Clone)]
+pub struct DeviceFlags {
     /// Graphics backend: vulkan, metal, dx12, gl or all [default: $WGPU_BACKEND, else all]
     #[arg(long, global = true)]
     pub backend: Option<String>,
@@ -60,8 +70,6 @@ pub struct Cli {
     /// layer, where the model's shapes allow it) or `separate` (a matmul of its own: 5)
     #[arg(long, global = true, value_enum, default_value_t = OutputProjection::Fused)]
     pub output_projection: OutputProjection,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -332,11 +340,15 @@ impl Loaded {
 }
 
 pub fn gpu(cli: &Cli) -> anyhow::Result<Arc<Gpu>> {
-    Ok(Arc::new(Gpu::new_blocking(&gpu_options(cli, cli.adapter))?))
+    let device = &cli.device;
+    Ok(Arc::new(Gpu::new_blocking(&gpu_options(
+        device,
+        device.adapter,
+    ))?))
 }
 
 /// The device options the flags give, on `adapter`.
-pub fn gpu_options(cli: &Cli, adapter: Option<usize>) -> GpuOptions {
+pub fn gpu_options(cli: &DeviceFlags, adapter: Option<usize>) -> GpuOptions {
     GpuOptions {
         backend: cli.backend.clone(),
         adapter,
@@ -370,20 +382,25 @@ pub fn gpus(cli: &Cli, n: usize) -> anyhow::Result<Vec<Arc<Gpu>>> {
     if n == 0 {
         anyhow::bail!("--devices must be at least 1");
     }
-    let adapters = pollster::block_on(list_adapters(cli.backend.as_deref()))?;
+    let adapters = pollster::block_on(list_adapters(cli.device.backend.as_deref()))?;
     let real: Vec<usize> = adapters
         .iter()
         .filter(|a| a.device_type != "Cpu")
         .map(|a| a.index)
         .collect();
-    let indices: Vec<Option<usize>> = if cli.adapter.is_none() && n > 1 && real.len() >= n {
+    let indices: Vec<Option<usize>> = if cli.device.adapter.is_none() && n > 1 && real.len() >= n {
         real[..n].iter().map(|&i| Some(i)).collect()
     } else {
-        vec![cli.adapter; n]
+        vec![cli.device.adapter; n]
     };
     indices
         .into_iter()
-        .map(|adapter| Ok(Arc::new(Gpu::new_blocking(&gpu_options(cli, adapter))?)))
+        .map(|adapter| {
+            Ok(Arc::new(Gpu::new_blocking(&gpu_options(
+                &cli.device,
+                adapter,
+            ))?))
+        })
         .collect()
 }
 
@@ -397,27 +414,12 @@ pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
         );
     }
     let loading = || format!("loading {}", path.display());
-    let gguf = if path.is_dir() {
-        None
-    } else {
-        Some(Gguf::open(&path).with_context(loading)?)
-    };
-    let mut models = Vec::with_capacity(n_devices);
-    for gpu in gpus(cli, n_devices)? {
-        let start = Instant::now();
-        let model = match &gguf {
-            Some(gguf) => GpuModel::load(gpu.clone(), gguf)?,
-            None => load_hf_dir(gpu.clone(), &path).with_context(loading)?,
-        };
-        models.push(Arc::new(model));
-        eprintln!(
-            "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            gpu.info.name,
-            gpu.info.backend,
-            start.elapsed().as_secs_f64()
-        );
-    }
+    let gguf = open_gguf(&path)?;
+    let models = gpus(cli, n_devices)?
+        .into_iter()
+        .map(|gpu| load_model(&path, gguf.as_ref(), gpu))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (model, more) = models.split_first().context("no device")?;
     let (tokenizer, template) = match &gguf {
         Some(gguf) => (
             Tokenizer::from_gguf(gguf)?,
@@ -425,14 +427,48 @@ pub fn load_on_devices(cli: &Cli, n_devices: usize) -> anyhow::Result<Loaded> {
         ),
         None => load_hf_tokenizer_dir(&path).with_context(loading)?,
     };
-    let model = models.remove(0);
     Ok(Loaded {
-        model,
-        more: models,
+        model: model.clone(),
+        more: more.to_vec(),
         tokenizer,
         template,
         path,
     })
+}
+
+/// The GGUF file at `path`, or `None` for a Hugging Face model directory.
+fn open_gguf(path: &Path) -> anyhow::Result<Option<Gguf>> {
+    if path.is_dir() {
+        return Ok(None);
+    }
+    let gguf = Gguf::open(path).with_context(|| format!("loading {}", path.display()))?;
+    Ok(Some(gguf))
+}
+
+/// The model at `path` (`gguf` when it is a GGUF file, else a Hugging Face directory) on `gpu`.
+fn load_model(path: &Path, gguf: Option<&Gguf>, gpu: Arc<Gpu>) -> anyhow::Result<Arc<GpuModel>> {
+    let start = Instant::now();
+    let model = match gguf {
+        Some(gguf) => GpuModel::load(gpu.clone(), gguf)?,
+        None => {
+            load_hf_dir(gpu.clone(), path).with_context(|| format!("loading {}", path.display()))?
+        }
+    };
+    eprintln!(
+        "sinkstar: {} on {} ({:?}), loaded in {:.2}s",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        gpu.info.name,
+        gpu.info.backend,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(Arc::new(model))
+}
+
+/// The model of `loaded` once more, on a device of its own opened with `device`'s options
+/// (`bench --versus`).
+pub fn load_again(loaded: &Loaded, device: &DeviceFlags) -> anyhow::Result<Arc<GpuModel>> {
+    let gpu = Arc::new(Gpu::new_blocking(&gpu_options(device, device.adapter))?);
+    load_model(&loaded.path, open_gguf(&loaded.path)?.as_ref(), gpu)
 }
 
 fn session(
@@ -710,7 +746,7 @@ fn chat_loop(
 }
 
 fn info(cli: &Cli) -> anyhow::Result<()> {
-    let adapters = pollster::block_on(list_adapters(cli.backend.as_deref()))?;
+    let adapters = pollster::block_on(list_adapters(cli.device.backend.as_deref()))?;
     println!("adapters:");
     for a in &adapters {
         println!(

@@ -86,7 +86,10 @@ pub fn mta_toy(cli: &Cli, args: &MtaToyArgs) -> anyhow::Result<()> {
         }
     }
     puzzles.truncate(args.limit.unwrap_or(usize::MAX));
-    let gpu = Arc::new(Gpu::new_blocking(&cli::gpu_options(cli, cli.adapter))?);
+    let gpu = Arc::new(Gpu::new_blocking(&cli::gpu_options(
+        &cli.device,
+        cli.device.adapter,
+    ))?);
     let greedy = SamplingParams::greedy();
     let mut answers = Vec::new();
     let mut results = serde_json::Map::new();
