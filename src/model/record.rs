@@ -102,11 +102,11 @@ impl<'a, 'p> Recorder<'a, 'p> {
         decode: bool,
         n_rows: u32,
     ) -> Result<()> {
-        let (dispatch, kind) = match decode {
-            true => (&m.decode, m.decode_kind),
-            false => (&m.prefill, m.prefill_kind),
+        let (dispatch, variant) = match decode {
+            true => (&m.decode, m.decode_variant),
+            false => (&m.prefill, m.prefill_variant),
         };
-        let grid = Matmul::grid(gpu, kind, m.epilogue, n_rows, m.shape.n_out)?;
+        let grid = Matmul::grid(gpu, variant, n_rows, m.shape.n_out)?;
         self.record(part, dispatch, grid);
         Ok(())
     }

@@ -108,10 +108,9 @@ struct Exchange {
 /// only or workgroup memory, likewise) forms of one matmul.
 pub(super) struct MatmulDispatch {
     pub(super) decode: Dispatch,
-    pub(super) decode_kind: MatmulKind,
+    pub(super) decode_variant: matmul::Variant,
     pub(super) prefill: Dispatch,
-    pub(super) prefill_kind: MatmulKind,
-    pub(super) epilogue: Epilogue,
+    pub(super) prefill_variant: matmul::Variant,
     /// The shape bound (the tiled form's rows): each step sets it with its own rows.
     pub(super) shape: matmul::Params,
 }
@@ -417,8 +416,9 @@ impl Session {
                 Some(_) => Prologue::RmsNorm,
                 None => Prologue::Raw,
             };
-            let make = |kind: MatmulKind| -> Result<Dispatch> {
+            let make = |kind: MatmulKind| -> Result<(Dispatch, matmul::Variant)> {
                 let kernel = Matmul::new(&gpu, weight.format, kind, prologue, epilogue)?;
+                let variant = kernel.variant();
                 let n_rows = if kind.is_matvec() { 1 } else { n_rows };
                 let shape = matmul::Params { n_rows, ..shape };
                 let inputs = Inputs {
@@ -426,14 +426,15 @@ impl Session {
                     x,
                     gamma,
                 };
-                bind_matmul(slot, kernel, inputs, out, shape)
+                Ok((bind_matmul(slot, kernel, inputs, out, shape)?, variant))
             };
+            let (decode, decode_variant) = make(decode_kind)?;
+            let (prefill, prefill_variant) = make(prefill_kind)?;
             Ok(MatmulDispatch {
-                decode: make(decode_kind)?,
-                decode_kind,
-                prefill: make(prefill_kind)?,
-                prefill_kind,
-                epilogue,
+                decode,
+                decode_variant,
+                prefill,
+                prefill_variant,
                 shape,
             })
         };

@@ -368,9 +368,9 @@ gpu_test!(matmul_sums_the_streams_parts);
 /// output projection writes them): the FFN norm's prologue sums the parts into x (the vec form
 /// once per workgroup, into workgroup memory; subgroup and tile as they load), the down
 /// projection's epilogue into out, against `matmul_cpu` on the summed stream
-/// (`sum_parts_cpu`); the parts stay as they were. Decode's one row, and a few rows after a
-/// skipped one at the default model's width; 9 parts (its heads) and 3; a row past the vec
-/// form's staging.
+/// (`sum_parts_cpu`); the parts stay as they were. Decode's one row over two workgroups of the
+/// vec form, the second partly filled, and a few rows after a skipped one at the default model's
+/// width; 9 parts (its heads) and 3; a row past the vec form's staging.
 async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
     let cases = [
         (WeightFormat::Q4_1, MatmulKind::Vec),
@@ -388,7 +388,7 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
         let (norm, down) = (norm.unwrap(), down.unwrap());
         // The last: a row wider than the vec form stages.
         for (n_rows, n_in, n_out, n_parts) in [
-            (1, 96, 67, 9),
+            (1, 96, 133, 9),
             (3, 576, 5, 3),
             (1, VEC_STAGED_X as usize + 32, 5, 2),
         ] {
@@ -538,14 +538,13 @@ async fn matmul_spills_grid_into_y(gpu: &Gpu) {
     // rows; 3 rows past a whole tile.
     let (n_in, n_out) = (4, 1);
     let n_rows = 4 * gpu.limits.max_compute_workgroups_per_dimension as usize + 7;
-    let grid = Matmul::grid(
-        gpu,
-        MatmulKind::Tile,
-        Epilogue::Store,
-        n_rows as u32,
-        n_out as u32,
-    )
-    .unwrap();
+    let variant = Variant {
+        format: WeightFormat::F32,
+        kind: MatmulKind::Tile,
+        prologue: Prologue::Raw,
+        epilogue: Epilogue::Store,
+    };
+    let grid = Matmul::grid(gpu, variant, n_rows as u32, n_out as u32).unwrap();
     assert!(grid[1] > 1, "no spill: {grid:?}");
     let kernels = kernels_of(gpu, WeightFormat::F32, &[MatmulKind::Tile]);
     check_shape(gpu, &kernels, n_rows, n_in, n_out).await;
