@@ -25,6 +25,11 @@ pub struct GpuOptions {
     /// (flash-decoding) until rows × heads × parts reaches this. `None`: the CPU cores on a CPU
     /// adapter ([`CPU_DECODE_WORKGROUPS`] in the browser), [`GPU_DECODE_WORKGROUPS`] otherwise.
     pub decode_workgroups: Option<u32>,
+    /// Threads of decode attention's workgroup (one per row and head, and part of a split
+    /// walk), at most as many as keep its merge within 16 KiB of workgroup memory: `None`:
+    /// [`CPU_DECODE_ATTENTION_THREADS`] on a CPU adapter, [`GPU_DECODE_ATTENTION_THREADS`]
+    /// otherwise.
+    pub decode_attention_threads: Option<u32>,
     /// Whether prefill's matmuls stage their tiles in workgroup memory (the `shared` matmul
     /// form) rather than registers only (`tile`): `None` on adapters that are not CPUs (CPU
     /// drivers run barriers 5-10x slower).
@@ -43,6 +48,15 @@ pub struct GpuOptions {
 pub const GPU_DECODE_WORKGROUPS: u32 = 256;
 /// [`GpuOptions::decode_workgroups`] on a CPU adapter where the core count is unknown.
 pub const CPU_DECODE_WORKGROUPS: u32 = 4;
+/// [`GpuOptions::decode_attention_threads`] on a CPU adapter: a CPU driver runs a workgroup's
+/// threads a SIMD vector at a time, so more threads buy no parallelism, only their merge and
+/// each one's rotation of the query. Measured on lavapipe (SmolLM2-135M, 2 cores): attention
+/// with the output projection 32-40 ms per token at 64 threads, 22-25 at 32, 19-20 at 16 for
+/// a short cache; 278 against 290 ms per token at 64 after 2,000 tokens.
+pub const CPU_DECODE_ATTENTION_THREADS: u32 = 16;
+/// [`GpuOptions::decode_attention_threads`] on a GPU: two warps of 32, one wave of 64 share a
+/// head's keys, and a split walk's workgroups fill the device.
+pub const GPU_DECODE_ATTENTION_THREADS: u32 = 64;
 
 /// What `sinkstar info` shows of an adapter.
 #[derive(Debug, Clone)]
@@ -67,6 +81,8 @@ pub struct Gpu {
     pub subgroup_matvec: bool,
     /// [`GpuOptions::decode_workgroups`], resolved.
     pub decode_workgroups: u32,
+    /// [`GpuOptions::decode_attention_threads`], resolved (before the cap for wide heads).
+    pub decode_attention_threads: u32,
     /// Prefill's matmuls use workgroup-memory tiles ([`GpuOptions::shared_prefill`]).
     pub shared_prefill: bool,
     /// [`GpuOptions::fuse_output_projection`], resolved.
@@ -210,6 +226,13 @@ impl Gpu {
                 GPU_DECODE_WORKGROUPS
             }
         });
+        let decode_attention_threads = options.decode_attention_threads.unwrap_or(
+            if info.device_type == wgpu::DeviceType::Cpu {
+                CPU_DECODE_ATTENTION_THREADS
+            } else {
+                GPU_DECODE_ATTENTION_THREADS
+            },
+        );
         let shared_prefill = options
             .shared_prefill
             .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
@@ -247,6 +270,7 @@ impl Gpu {
             features,
             subgroup_matvec,
             decode_workgroups: decode_workgroups.max(1),
+            decode_attention_threads: decode_attention_threads.max(1),
             shared_prefill,
             fuse_output_projection: options.fuse_output_projection.unwrap_or(true),
             adapter_features,

@@ -7,7 +7,10 @@ mod params;
 mod pipeline;
 pub mod preprocess;
 
-pub use context::{list_adapters, AdapterSummary, Gpu, GpuOptions, TrackedBuffer};
+pub use context::{
+    list_adapters, AdapterSummary, Gpu, GpuOptions, TrackedBuffer, CPU_DECODE_ATTENTION_THREADS,
+    GPU_DECODE_ATTENTION_THREADS,
+};
 pub use params::{ParamSlot, UniformArena};
 pub use pipeline::{grid, Binding, Dispatch, Kernel, PipelineSpec};
 

@@ -19,7 +19,10 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matmul::{weight_buffer_bytes, WeightFormat};
 use super::shader_source;
-use crate::gpu::{grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec};
+use crate::gpu::{
+    grid, Binding, Dispatch, Gpu, GpuError, Kernel, PipelineSpec, CPU_DECODE_ATTENTION_THREADS,
+    GPU_DECODE_ATTENTION_THREADS,
+};
 use crate::model::quant::dequantize;
 
 /// `slot_token` value of a slot that holds no token.
@@ -186,6 +189,12 @@ pub const TILE_ROWS_PER_THREAD: u32 = 4;
 pub const TILE_MAX_HEAD_DIM: u32 = 128;
 /// The widest head the row form serves (`MAX_UNITS` pairs in attention.wgsl).
 pub const ROW_MAX_HEAD_DIM: u32 = 128;
+/// Workgroup memory the row form's merge may take for its threads' accumulators: half of
+/// SwiftShader's 32 KiB.
+pub const ROW_MERGE_BYTES: u32 = 16 * 1024;
+/// The row form's thread counts on CPU adapters and on GPUs ([`Gpu::decode_attention_threads`]):
+/// the variants validated and tested.
+pub const ROW_THREADS: [u32; 2] = [CPU_DECODE_ATTENTION_THREADS, GPU_DECODE_ATTENTION_THREADS];
 
 /// Most query heads per kv head the tiled form serves (`TILE_ROWS * 16` = 256 threads, the
 /// smallest `max_compute_invocations_per_workgroup` WebGPU allows).
@@ -241,46 +250,58 @@ impl Variant {
     /// when asked for (the shader source is the same for all; the overrides differ).
     pub fn all() -> Vec<Variant> {
         let head_dims = [16, 64, 80, 128];
-        let rows = [6]
-            .into_iter()
-            .chain(head_dims)
-            .map(|head_dim| Variant::row_for(head_dim).expect("an even head_dim within the limit"));
+        let rows = [6].into_iter().chain(head_dims).flat_map(|head_dim| {
+            ROW_THREADS.map(|threads| {
+                Variant::row_for(head_dim, threads).expect("an even head_dim within the limit")
+            })
+        });
         let tiles = head_dims.into_iter().flat_map(|head_dim| {
             [1, 2, 3, 4, 8, TILE_MAX_GROUP]
                 .into_iter()
                 .map(move |group| Variant::Tile { head_dim, group })
         });
         // The projection in every format, at the default model's width.
-        let projected = WeightFormat::ALL.into_iter().map(|format| {
-            Variant::row_projecting(64, Projection { format, dim: 576 })
-                .expect("a head of two chunks")
+        let projected = WeightFormat::ALL.into_iter().flat_map(|format| {
+            ROW_THREADS.map(|threads| {
+                Variant::row_projecting(64, threads, Projection { format, dim: 576 })
+                    .expect("a head of two chunks")
+            })
         });
         rows.chain(tiles).chain(projected).collect()
     }
 
-    /// The row variant for `head_dim` (even, at most [`ROW_MAX_HEAD_DIM`]): 64 threads up to
-    /// 64-wide heads, 32 above, so that the merge's accumulators (`wg_size * head_dim` f32) stay
-    /// within 16 KiB, half of SwiftShader's 32 KiB of workgroup memory.
-    pub fn row_for(head_dim: u32) -> Result<Variant, AttentionError> {
-        Variant::row(head_dim, None)
+    /// The row variant for `head_dim` (even, at most [`ROW_MAX_HEAD_DIM`]) with `threads`
+    /// ([`Gpu::decode_attention_threads`]), or fewer where the merge's accumulators
+    /// (`wg_size * head_dim` f32) would pass [`ROW_MERGE_BYTES`]: 64 threads up to 64-wide heads,
+    /// 32 above.
+    pub fn row_for(head_dim: u32, threads: u32) -> Result<Variant, AttentionError> {
+        Variant::row(head_dim, threads, None)
     }
 
     /// [`Variant::row_for`] with the fused output projection (`head_dim` a multiple of 32).
-    pub fn row_projecting(head_dim: u32, output: Projection) -> Result<Variant, AttentionError> {
+    pub fn row_projecting(
+        head_dim: u32,
+        threads: u32,
+        output: Projection,
+    ) -> Result<Variant, AttentionError> {
         if !head_dim.is_multiple_of(32) {
             return Err(AttentionError::ProjectionHeadDim { head_dim });
         }
-        Variant::row(head_dim, Some(output))
+        Variant::row(head_dim, threads, Some(output))
     }
 
-    fn row(head_dim: u32, output: Option<Projection>) -> Result<Variant, AttentionError> {
+    fn row(
+        head_dim: u32,
+        threads: u32,
+        output: Option<Projection>,
+    ) -> Result<Variant, AttentionError> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > ROW_MAX_HEAD_DIM {
             return Err(AttentionError::HeadDim {
                 head_dim,
                 max: ROW_MAX_HEAD_DIM,
             });
         }
-        let wg_size = if head_dim <= 64 { 64 } else { 32 };
+        let wg_size = threads.min(ROW_MERGE_BYTES / (head_dim * 4)).max(1);
         Ok(Variant::Row {
             head_dim,
             wg_size,
@@ -500,9 +521,11 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// The row form (decode) of the smallest variant that holds `head_dim`.
+    /// The row form (decode) for `head_dim` with `gpu`'s threads
+    /// ([`Gpu::decode_attention_threads`]).
     pub fn row(gpu: &Gpu, head_dim: u32) -> Result<Attention, AttentionError> {
-        Attention::with_variant(gpu, Variant::row_for(head_dim)?)
+        let variant = Variant::row_for(head_dim, gpu.decode_attention_threads)?;
+        Attention::with_variant(gpu, variant)
     }
 
     /// The row form with the fused output projection ([`Projection`]).
@@ -511,7 +534,8 @@ impl Attention {
         head_dim: u32,
         output: Projection,
     ) -> Result<Attention, AttentionError> {
-        Attention::with_variant(gpu, Variant::row_projecting(head_dim, output)?)
+        let variant = Variant::row_projecting(head_dim, gpu.decode_attention_threads, output)?;
+        Attention::with_variant(gpu, variant)
     }
 
     /// The tiled form (prefill) for heads of `head_dim`, `n_heads` over `n_kv_heads`.

@@ -5,7 +5,7 @@ use sinkstar::gpu::Gpu;
 use sinkstar::kernels::attention::{
     attention_cpu, decode_parts, project_heads_cpu, rope_cpu, rope_table, Attention,
     AttentionError, Buffers, Params, Projection, ProjectionBuffers, Variant, EMPTY_LSE, EMPTY_SLOT,
-    MAX_PARTS, MIN_PART_SLOTS, TILE_ROWS,
+    MAX_PARTS, MIN_PART_SLOTS, ROW_THREADS, TILE_ROWS,
 };
 use sinkstar::kernels::matmul::{upload_weight, WeightFormat};
 use sinkstar::model::quant::quantize;
@@ -115,19 +115,24 @@ impl Case {
         self.run_gpu_with_lse(gpu, inputs).await.0
     }
 
-    /// The row form's output `[n_rows, n_heads, head_dim]` and LSEs `[n_rows, n_heads]`, for
-    /// the test's own checks; the tiled form runs the same case and is checked here against
-    /// the CPU reference, so every case of every test covers both forms.
+    /// The row form's output `[n_rows, n_heads, head_dim]` and LSEs `[n_rows, n_heads]` with
+    /// the GPUs' threads, for the test's own checks; the tiled form and the row form with the
+    /// CPU adapters' threads run the same case and are checked here against the CPU reference,
+    /// so every case of every test covers both forms and both widths of the row form.
     async fn run_gpu_with_lse(&self, gpu: &Gpu, inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
-        let params = self.params();
-        let tile = self.tile_variant();
-        let (got, got_lse) = self.run_variant(gpu, inputs, tile).await;
         let (want, want_lse) = self.run_cpu_with_lse(inputs);
-        let label = format!("{} {}", tile.label(), self.name);
-        assert_close(&label, &got, &want, TOL_ATTENTION);
-        assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
-        let row = Variant::row_for(params.head_dim).unwrap();
-        self.run_variant(gpu, inputs, row).await
+        let [narrow, wide] = ROW_THREADS.map(|threads| self.row_variant(threads));
+        for variant in [self.tile_variant(), narrow] {
+            let (got, got_lse) = self.run_variant(gpu, inputs, variant).await;
+            let label = format!("{} {}", variant.label(), self.name);
+            assert_close(&label, &got, &want, TOL_ATTENTION);
+            assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+        }
+        self.run_variant(gpu, inputs, wide).await
+    }
+
+    fn row_variant(&self, threads: u32) -> Variant {
+        Variant::row_for(self.head_dim as u32, threads).unwrap()
     }
 
     fn tile_variant(&self) -> Variant {
@@ -265,7 +270,7 @@ impl Case {
     }
 
     fn label(&self) -> String {
-        let variant = Variant::row_for(self.head_dim as u32).unwrap();
+        let variant = self.row_variant(ROW_THREADS[1]);
         format!("{} {}", variant.label(), self.name)
     }
 
@@ -465,16 +470,14 @@ async fn attention_row_form_reads_pairs_where_quads_do_not_fit(gpu: &Gpu) {
         for (n_tokens, n_rows) in [(1, 1), (100, 1), (300, 5)] {
             let case = dense_case(&mut rng, n_rows, (9, 3), head_dim, n_tokens);
             let inputs = case.random_inputs(&mut rng);
-            let row = Variant::row_for(head_dim as u32).unwrap();
-            let (got, got_lse) = case.run_variant(gpu, &inputs, row).await;
             let (want, want_lse) = case.run_cpu_with_lse(&inputs);
-            assert_close(&case.label(), &got, &want, TOL_ATTENTION);
-            assert_close(
-                &format!("{} lse", case.label()),
-                &got_lse,
-                &want_lse,
-                TOL_ATTENTION,
-            );
+            for threads in ROW_THREADS {
+                let row = case.row_variant(threads);
+                let (got, got_lse) = case.run_variant(gpu, &inputs, row).await;
+                let label = format!("{} {}", row.label(), case.name);
+                assert_close(&label, &got, &want, TOL_ATTENTION);
+                assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
+            }
         }
     }
 }
@@ -1127,10 +1130,10 @@ async fn attention_partitions_merge_to_dense(gpu: &Gpu) {
 }
 
 gpu_test!(attention_split_rows_merge_to_whole);
-/// Flash-decoding: the row form with each row's walk cut into 2, 3, 7 and 40 parts (more parts
-/// than some rows have keys, so trailing parts are empty), merged by attention_merge, equals
-/// the CPU reference over every key: dense, a wrapped sink ring, and a Star mask whose walk
-/// skips the slots between the anchor and the row's block.
+/// Flash-decoding: the row form (both thread counts) with each row's walk cut into 2, 3, 7 and
+/// 40 parts (more parts than some rows have keys, so trailing parts are empty), merged by
+/// attention_merge, equals the CPU reference over every key: dense, a wrapped sink ring, and a
+/// Star mask whose walk skips the slots between the anchor and the row's block.
 async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
     let mut rng = rng(35);
     let cases = [
@@ -1143,8 +1146,11 @@ async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
     for case in cases {
         let inputs = case.random_inputs(&mut rng);
         let (want, want_lse) = case.run_cpu_with_lse(&inputs);
-        let row = Variant::row_for(case.head_dim as u32).unwrap();
-        for n_parts in [2, 3, 7, 40] {
+        for (threads, n_parts) in ROW_THREADS
+            .into_iter()
+            .flat_map(|threads| [2, 3, 7, 40].map(|n_parts| (threads, n_parts)))
+        {
+            let row = case.row_variant(threads);
             let (parts, parts_lse) = case.run_parts(gpu, &inputs, row, n_parts).await;
             let (got, got_lse) = crate::attention_merge::merge_gpu(
                 gpu,
@@ -1156,7 +1162,7 @@ async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
                 &parts_lse,
             )
             .await;
-            let label = format!("{} split into {n_parts}", case.label());
+            let label = format!("{} {} split into {n_parts}", row.label(), case.name);
             assert_close(&label, &got, &want, TOL_ATTENTION);
             assert_close(&format!("{label} lse"), &got_lse, &want_lse, TOL_ATTENTION);
         }
@@ -1178,7 +1184,7 @@ gpu_test!(attention_projects_each_head_into_its_part);
 /// and LSEs it writes as without, each head's share of W_o·a in its part of the residual buffer
 /// (after the step's rows, which stay as they were) against `project_heads_cpu`; heads of one
 /// and two chunks, dense and a wrapped sink ring, one and two rows, widths below and past one
-/// workgroup.
+/// workgroup, with both thread counts.
 async fn attention_projects_each_head_into_its_part(gpu: &Gpu) {
     let mut rng = rng(41);
     let mut cases: Vec<(WeightFormat, Case, u32)> = WeightFormat::ALL
@@ -1195,9 +1201,12 @@ async fn attention_projects_each_head_into_its_part(gpu: &Gpu) {
         dense_case(&mut rng, 2, (4, 1), 64, 37),
         72,
     ));
-    for (format, case, dim) in cases {
+    let cases = cases
+        .into_iter()
+        .flat_map(|case| ROW_THREADS.map(|threads| (case.clone(), threads)));
+    for ((format, case, dim), threads) in cases {
         let output = Projection { format, dim };
-        let variant = Variant::row_projecting(case.head_dim as u32, output).unwrap();
+        let variant = Variant::row_projecting(case.head_dim as u32, threads, output).unwrap();
         let inputs = case.random_inputs(&mut rng);
         let q_dim = case.n_heads * case.head_dim;
         let w = random_vec(&mut rng, dim as usize * q_dim, 1.0);

@@ -60,6 +60,11 @@ pub struct DeviceFlags {
     /// 1 never splits [default: the CPU cores on a CPU adapter, 256 on a GPU]
     #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub decode_workgroups: Option<u32>,
+    /// Threads of each decode attention workgroup (one per head, and part of a split cache), at
+    /// most what keeps its merge within 16 KiB (64 for 64-wide heads, 32 to 128) [default: 16 on
+    /// a CPU adapter, 64 on a GPU]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub decode_attention_threads: Option<u32>,
     /// Prefill's matmul form: `shared` (tiles staged in workgroup memory, sized to the
     /// adapter's limits), `tile` (registers only), or `auto`: shared on GPUs, tile on CPU
     /// drivers such as lavapipe
@@ -358,6 +363,7 @@ pub fn gpu_options(cli: &DeviceFlags, adapter: Option<usize>) -> GpuOptions {
             Matvec::Subgroup => Some(true),
         },
         decode_workgroups: cli.decode_workgroups,
+        decode_attention_threads: cli.decode_attention_threads,
         shared_prefill: match cli.prefill_matmul {
             PrefillMatmul::Auto => None,
             PrefillMatmul::Tile => Some(false),
@@ -757,13 +763,14 @@ fn info(cli: &Cli) -> anyhow::Result<()> {
     let gpu = gpu(cli)?;
     let l = &gpu.limits;
     println!(
-        "chosen: {} ({:?}, {:?}), decode matvec: {}, decode attention over {} workgroups, \
-         prefill matmul: {}",
+        "chosen: {} ({:?}, {:?}), decode matvec: {}, decode attention over {} workgroups of \
+         up to {} threads, prefill matmul: {}",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.device_type,
         MatmulKind::decode(&gpu).name(),
         gpu.decode_workgroups,
+        gpu.decode_attention_threads,
         MatmulKind::prefill(&gpu).name()
     );
     println!(
