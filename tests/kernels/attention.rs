@@ -1,11 +1,11 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use sinkstar::gpu::Gpu;
+use sinkstar::gpu::{Gpu, GpuError};
 use sinkstar::kernels::attention::{
     attention_cpu, decode_parts, project_heads_cpu, rope_cpu, rope_table, Attention,
     AttentionError, Buffers, Params, Projection, ProjectionBuffers, Variant, EMPTY_LSE, EMPTY_SLOT,
-    MAX_PARTS, MIN_PART_SLOTS, ROW_THREADS, TILE_ROWS,
+    MAX_PARTS, MIN_PART_SLOTS, ROW_MERGE_BYTES, ROW_THREADS, TILE_ROWS,
 };
 use sinkstar::kernels::matmul::{upload_weight, WeightFormat};
 use sinkstar::model::quant::quantize;
@@ -740,6 +740,23 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
             Err(AttentionError::HeadDim { .. })
         ));
     }
+    // More threads than a workgroup may have (a head of one pair leaves the merge room for 2,048).
+    let invocations = gpu.limits.max_compute_invocations_per_workgroup;
+    let too_wide = Variant::row_for(2, invocations + 1).unwrap();
+    assert_eq!(too_wide.wg_size(), invocations + 1);
+    let e = Attention::with_variant(gpu, too_wide)
+        .err()
+        .expect("too many threads");
+    assert!(
+        matches!(
+            e,
+            AttentionError::Gpu(GpuError::Limit {
+                limit_name: "max_compute_invocations_per_workgroup",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     assert!(matches!(
         Variant::tile_for(64, 34, 2),
         Err(AttentionError::GroupSize { group: 17, .. })
@@ -1232,6 +1249,21 @@ async fn attention_projects_each_head_into_its_part(gpu: &Gpu) {
             &parts,
             TOL_PROJECTION,
         );
+    }
+}
+
+cpu_test!(row_threads_are_capped_by_the_merge);
+/// The row form takes the threads asked for unless its merge's accumulators (threads × head_dim
+/// f32) would pass ROW_MERGE_BYTES: 64 threads for 64-wide heads, 32 for 128-wide ones.
+fn row_threads_are_capped_by_the_merge() {
+    for (head_dim, threads, want) in [(64, 16, 16), (64, 64, 64), (64, 1000, 64), (128, 64, 32)] {
+        let variant = Variant::row_for(head_dim, threads).unwrap();
+        assert_eq!(
+            variant.wg_size(),
+            want,
+            "head_dim {head_dim}, {threads} threads"
+        );
+        assert!(variant.wg_size() * head_dim * 4 <= ROW_MERGE_BYTES);
     }
 }
 
