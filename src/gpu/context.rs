@@ -208,6 +208,8 @@ impl Gpu {
         // Never on the web: naga rejects the `enable subgroups;` Chromium requires.
         let subgroups =
             !cfg!(target_arch = "wasm32") && adapter_features.contains(wgpu::Features::SUBGROUP);
+        // CPU drivers (lavapipe, SwiftShader) get the CPU forms of the kernels by default.
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
         let subgroup_matvec = match options.subgroup_matvec {
             Some(true) if !subgroups => {
                 return Err(GpuError::MissingFeature {
@@ -217,25 +219,21 @@ impl Gpu {
                 })
             }
             Some(wanted) => wanted,
-            None => subgroups && info.device_type != wgpu::DeviceType::Cpu,
+            None => subgroups && !cpu,
         };
         let decode_workgroups = options.decode_workgroups.unwrap_or_else(|| {
-            if info.device_type == wgpu::DeviceType::Cpu {
+            if cpu {
                 cpu_cores().unwrap_or(CPU_DECODE_WORKGROUPS)
             } else {
                 GPU_DECODE_WORKGROUPS
             }
         });
-        let decode_attention_threads = options.decode_attention_threads.unwrap_or(
-            if info.device_type == wgpu::DeviceType::Cpu {
-                CPU_DECODE_ATTENTION_THREADS
-            } else {
-                GPU_DECODE_ATTENTION_THREADS
-            },
-        );
-        let shared_prefill = options
-            .shared_prefill
-            .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
+        let decode_attention_threads = options.decode_attention_threads.unwrap_or(if cpu {
+            CPU_DECODE_ATTENTION_THREADS
+        } else {
+            GPU_DECODE_ATTENTION_THREADS
+        });
+        let shared_prefill = options.shared_prefill.unwrap_or(!cpu);
         let features = if subgroup_matvec {
             wgpu::Features::SUBGROUP
         } else {

@@ -450,21 +450,6 @@ impl MatmulKind {
     pub fn is_matvec(self) -> bool {
         matches!(self, MatmulKind::Vec | MatmulKind::Subgroup)
     }
-
-    /// Workgroup size, and the rows of x and the weight rows one workgroup computes (fixed in
-    /// the shader, which unrolls an invocation's share by hand: lavapipe keeps loop-indexed
-    /// register arrays in memory) with `prologue`.
-    fn block(self, prologue: Prologue) -> (u32, u32, u32) {
-        match self {
-            MatmulKind::Vec if prologue == Prologue::PartsRmsNorm => {
-                (PARTS_VEC_WG_SIZE, 1, 4 * PARTS_VEC_WG_SIZE)
-            }
-            MatmulKind::Vec => (VEC_WG_SIZE, 1, 4 * VEC_WG_SIZE),
-            MatmulKind::Subgroup => (SUBGROUP_WG_SIZE, 1, SUBGROUP_WG_ROWS),
-            MatmulKind::Tile => (TILE_WG_SIZE, 4, 8 * TILE_WG_SIZE),
-            MatmulKind::Shared(tile) => (tile.invocations(), tile.rows, tile.cols),
-        }
-    }
 }
 
 /// Measured on lavapipe (Q4_1, 576 -> 1536): 16 is as fast as 8 at 1536 outputs and up to 1.4x
@@ -652,7 +637,7 @@ impl Variant {
         if self.stages_x() {
             defines.push("STAGE_X");
         }
-        let (wg_size, _, _) = self.kind.block(self.prologue);
+        let (wg_size, _, _) = self.block();
         let mut overrides = vec![("WG_SIZE".into(), f64::from(wg_size))];
         if let MatmulKind::Shared(tile) = self.kind {
             overrides.push(("TILE_M".into(), f64::from(tile.rows)));
@@ -683,6 +668,21 @@ impl Variant {
             // The register tiles' loops run to n_in and constants (measured: PipelineSpec).
             loop_bounding: self.kind != MatmulKind::Tile,
         })
+    }
+
+    /// Workgroup size, and the rows of x and the weight rows one workgroup computes (fixed in
+    /// the shader, which unrolls an invocation's share by hand: lavapipe keeps loop-indexed
+    /// register arrays in memory).
+    fn block(&self) -> (u32, u32, u32) {
+        match self.kind {
+            MatmulKind::Vec if self.prologue == Prologue::PartsRmsNorm => {
+                (PARTS_VEC_WG_SIZE, 1, 4 * PARTS_VEC_WG_SIZE)
+            }
+            MatmulKind::Vec => (VEC_WG_SIZE, 1, 4 * VEC_WG_SIZE),
+            MatmulKind::Subgroup => (SUBGROUP_WG_SIZE, 1, SUBGROUP_WG_ROWS),
+            MatmulKind::Tile => (TILE_WG_SIZE, 4, 8 * TILE_WG_SIZE),
+            MatmulKind::Shared(tile) => (tile.invocations(), tile.rows, tile.cols),
+        }
     }
 
     /// Whether the kernel normalises a row of x once per workgroup, into workgroup memory (rows
@@ -950,7 +950,7 @@ impl Matmul {
         n_rows: u32,
         n_out: u32,
     ) -> Result<[u32; 3], GpuError> {
-        let (_, rows, weight_rows) = variant.kind.block(variant.prologue);
+        let (_, rows, weight_rows) = variant.block();
         let cols = weight_rows / variant.epilogue.weight_rows_per_output();
         let n_col_groups = u64::from(n_out).div_ceil(u64::from(cols));
         let n_row_tiles = u64::from(n_rows).div_ceil(u64::from(rows));
