@@ -573,6 +573,53 @@ fn bench_versus_runs_both_device_configurations_in_turn() {
     assert!(versus["prefill"][0]["b_tok_per_s"].as_f64().unwrap() > 0.0);
     assert!(versus["decode"]["a_ms_per_token"].as_f64().unwrap() > 0.0);
 
+    // With --history: both decode after a history that wraps a small sink ring (4 + 40 slots
+    // and room for a chunk, 107), and both
+    // sides' profiles say where the difference is: a's projection is inside its attention.
+    let out = sinkstar(&[
+        "bench",
+        "--versus",
+        "--output-projection separate",
+        "--attention",
+        "sink",
+        "--window",
+        "40",
+        "--history",
+        "150",
+        "--history-only",
+        "--history-decode",
+        "8",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(result.get("versus").is_none(), "--history-only: {result}");
+    let versus = &result["versus_history"];
+    assert_eq!(versus["policy"], "sink");
+    assert_eq!(versus["turns"], 2);
+    let point = &versus["points"][0];
+    assert_eq!(point["history"], 150);
+    let ratio = point["time_ratio"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{point}");
+    let part = |name: &str| {
+        let parts = versus["profile"].as_array().unwrap();
+        let found = parts.iter().find(|p| p["part"] == name);
+        let found = found.unwrap_or_else(|| panic!("no {name} in {versus}"));
+        [&found["a_secs"], &found["b_secs"]].map(|s| s.as_f64().unwrap())
+    };
+    let [a, b] = part("output projection + residual");
+    assert!(a == 0.0 && b > 0.0, "{versus}");
+    let [a, b] = part("attention");
+    assert!(a > 0.0 && b > 0.0, "{versus}");
+
     // Only device flags: a policy flag is refused by name.
     let out = sinkstar(&["bench", "--versus", "--attention sink"]);
     assert!(!out.status.success());

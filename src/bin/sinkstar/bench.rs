@@ -2,7 +2,8 @@
 //! sized to the prompt; with `--history`, also decode speed and memory after long histories
 //! under the policy of `--attention` (issue 4 part 6: with `sink` neither may grow with the
 //! history; `dense` stops at its context); with `--versus`, the same prefill and decode on two
-//! device configurations in turn, for comparisons that a drifting machine would blur.
+//! device configurations in turn (with `--history`, decode after those histories), for
+//! comparisons that a drifting machine would blur.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +60,9 @@ pub struct BenchArgs {
     /// command's, e.g. "--output-projection separate". The two sessions prefill and decode in
     /// turn in one process, so a machine whose speed drifts slows both alike; the ratios of
     /// each pair are reported
-    #[arg(long, allow_hyphen_values = true, conflicts_with = "history")]
+    /// With --history, both decode after each history length instead (in turns of a few
+    /// tokens, --history-decode in all), under the policy of --attention
+    #[arg(long, allow_hyphen_values = true)]
     versus: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
@@ -153,16 +156,26 @@ pub fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         result["mta"] = serde_json::json!({"conv_layers": n_conv, "conv": [6, 11],
                                            "mix_size": c.n_heads, "gate": "scalar"});
     }
-    if let (Some(flags), Some(other)) = (&args.versus, versus) {
-        result["versus"] = bench_versus(&loaded, other, flags, args)?;
-    } else if !args.history_only {
-        let basic = bench_basic(&loaded, args)?;
-        for (key, value) in basic {
-            result[key] = value;
+    match (&args.versus, versus) {
+        (Some(flags), Some(other)) => {
+            if !args.history_only {
+                result["versus"] = bench_versus(&loaded, other.clone(), flags, args)?;
+            }
+            if !args.history.is_empty() {
+                result["versus_history"] = bench_versus_history(&loaded, other, flags, args)?;
+            }
         }
-    }
-    if !args.history.is_empty() {
-        result["history"] = bench_history(&loaded, args)?;
+        _ => {
+            if !args.history_only {
+                let basic = bench_basic(&loaded, args)?;
+                for (key, value) in basic {
+                    result[key] = value;
+                }
+            }
+            if !args.history.is_empty() {
+                result["history"] = bench_history(&loaded, args)?;
+            }
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, format!("{result:#}\n"))
@@ -288,6 +301,103 @@ fn bench_versus(
         "prefill": prefill,
         "decode": {"turns": turns, "turn_tokens": VERSUS_TURN, "a_ms_per_token": a,
                    "b_ms_per_token": b, "time_ratio": ratio},
+    }))
+}
+
+/// Decode on the command's device configuration (a) and on `--versus`'s (b) after each
+/// `--history` length: two sessions of the `--attention` policy fed the same history, then
+/// `--history-decode` tokens decoded in turns of [`VERSUS_TURN`]. Reports the medians of each
+/// side and of the turns' time ratios b/a (above 1: b is slower), and after the last length
+/// both sides' decode profiles (each part of a step alone), to say where a difference lies.
+fn bench_versus_history(
+    loaded: &Loaded,
+    other: Arc<GpuModel>,
+    flags: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let policy = args.policy.policy(&loaded.model);
+    let options = SessionOptions {
+        policy,
+        ..SessionOptions::default()
+    };
+    let mut sessions = [
+        Session::new(loaded.model.clone(), &options)?,
+        Session::new(other, &options)?,
+    ];
+    let mut lengths = args.history.clone();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let longest = lengths.last().copied().unwrap_or(0);
+    let (text, text_what) = history_tokens(loaded, args, longest)?;
+    // Each session reads the same text.
+    let mut texts = [text.iter().copied().cycle(), text.iter().copied().cycle()];
+    let turns = (args.history_decode / VERSUS_TURN).max(1);
+    let greedy = SamplingParams::greedy();
+    println!(
+        "versus history: {}, fed {text_what}; a: the command's device flags, b: a with {flags}",
+        describe_policy(policy)
+    );
+    let mut points = Vec::new();
+    for &h in &lengths {
+        for (session, text) in sessions.iter_mut().zip(&mut texts) {
+            feed_to(session, text, h, options.max_chunk, &greedy)?;
+        }
+        let mut pairs = Vec::with_capacity(turns);
+        for turn in 0..turns {
+            let secs = in_turn(&mut sessions, turn, |s| {
+                for _ in 0..VERSUS_TURN {
+                    s.decode(&greedy)?;
+                }
+                Ok(())
+            })?;
+            pairs.push(secs.map(|t| t * 1e3 / VERSUS_TURN as f64));
+        }
+        let a = median(pairs.iter().map(|p| p[0]).collect());
+        let b = median(pairs.iter().map(|p| p[1]).collect());
+        let ratio = median(pairs.iter().map(|p| p[1] / p[0]).collect());
+        println!(
+            "history {h:6} tokens: decode a {a:7.1} ms/token, b {b:7.1} ms/token, time b/a \
+             {ratio:.3} (median of {turns} turns of {VERSUS_TURN} tokens each)"
+        );
+        points.push(serde_json::json!({"history": h, "a_ms_per_token": a,
+                                       "b_ms_per_token": b, "time_ratio": ratio}));
+    }
+    let [a, b] = sessions;
+    let (a, b) = (
+        a.profile_decode(args.repeat)?,
+        b.profile_decode(args.repeat)?,
+    );
+    println!(
+        "decode profile after {longest} tokens (each part of a step alone, all layers, median of \
+         {}):",
+        args.repeat.max(1)
+    );
+    let mut profile = Vec::new();
+    // A part one side does not run (the output projection where the other fuses it) is 0 there.
+    for part in Part::ALL {
+        let secs = |profile: &[(Part, f64)]| {
+            let found = profile.iter().find(|(p, _)| *p == part);
+            found.map_or(0.0, |(_, secs)| *secs)
+        };
+        let (a, b) = (secs(&a), secs(&b));
+        if a + b > 0.0 {
+            println!(
+                "  {:42} a {:7.2} ms, b {:7.2} ms",
+                part.name(),
+                a * 1e3,
+                b * 1e3
+            );
+            profile.push(serde_json::json!({"part": part.name(), "a_secs": a, "b_secs": b}));
+        }
+    }
+    Ok(serde_json::json!({
+        "flags": flags,
+        "policy": policy.name(),
+        "text": text_what,
+        "turns": turns,
+        "turn_tokens": VERSUS_TURN,
+        "points": points,
+        "profile": profile,
     }))
 }
 
@@ -562,6 +672,24 @@ fn measure_at(
     chunk: usize,
     greedy: &SamplingParams,
 ) -> anyhow::Result<(usize, f64)> {
+    feed_to(session, text, h, chunk, greedy)?;
+    let tokens_seen = session.n_seen();
+    let start = Instant::now();
+    for _ in 0..n_decode {
+        session.decode(greedy)?;
+    }
+    Ok((tokens_seen, n_decode as f64 / start.elapsed().as_secs_f64()))
+}
+
+/// Feeds `text` until `h` tokens are in (or as many as already are), samples and decodes once:
+/// the session is ready for timed decode steps.
+fn feed_to(
+    session: &mut Session,
+    text: &mut impl Iterator<Item = u32>,
+    h: usize,
+    chunk: usize,
+    greedy: &SamplingParams,
+) -> anyhow::Result<()> {
     // A pending sampled token is fed first by the next call: it counts as history.
     let have = |s: &Session| s.n_seen() + usize::from(s.pending().is_some());
     let start_have = have(session);
@@ -583,10 +711,5 @@ fn measure_at(
     }
     // The first step after a prefill may pay for a first use; it is not timed.
     session.decode(greedy)?;
-    let tokens_seen = session.n_seen();
-    let start = Instant::now();
-    for _ in 0..n_decode {
-        session.decode(greedy)?;
-    }
-    Ok((tokens_seen, n_decode as f64 / start.elapsed().as_secs_f64()))
+    Ok(())
 }
