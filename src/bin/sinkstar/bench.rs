@@ -224,6 +224,33 @@ fn in_turn(
     Ok(secs)
 }
 
+/// The medians of each side's times and of the pairs' ratios b/a.
+fn pair_medians(pairs: &[[f64; 2]]) -> (f64, f64, f64) {
+    let side = |i: usize| median(pairs.iter().map(|p| p[i]).collect());
+    let ratio = median(pairs.iter().map(|p| p[1] / p[0]).collect());
+    (side(0), side(1), ratio)
+}
+
+/// `turns` turns of [`VERSUS_TURN`] greedy decode steps on both sessions, in turn: the
+/// [`pair_medians`] of their ms per token.
+fn decode_in_turn(
+    sessions: &mut [Session; 2],
+    turns: usize,
+    greedy: &SamplingParams,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut pairs = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let secs = in_turn(sessions, turn, |s| {
+            for _ in 0..VERSUS_TURN {
+                s.decode(greedy)?;
+            }
+            Ok(())
+        })?;
+        pairs.push(secs.map(|t| t * 1e3 / VERSUS_TURN as f64));
+    }
+    Ok(pair_medians(&pairs))
+}
+
 /// Prefill and decode on the command's device configuration (a) and on `--versus`'s (b), in
 /// turn: each prompt length `--repeat` times, then `--decode-tokens` decoded in turns of
 /// [`VERSUS_TURN`] tokens after a short prompt. Reports the medians of each side and of the
@@ -244,11 +271,6 @@ fn bench_versus(
         dispatches[0], dispatches[1]
     );
     let greedy = SamplingParams::greedy();
-    let medians = |pairs: &[[f64; 2]]| {
-        let side = |i: usize| median(pairs.iter().map(|p| p[i]).collect());
-        let ratio = median(pairs.iter().map(|p| p[1] / p[0]).collect());
-        (side(0), side(1), ratio)
-    };
     let mut prefill = Vec::new();
     for &n in &args.prompt_tokens {
         let prompt = bench_prompt(&loaded.tokenizer, n)?;
@@ -261,7 +283,7 @@ fn bench_versus(
                     .map_err(Into::into)
             })?);
         }
-        let (a, b, ratio) = medians(&pairs);
+        let (a, b, ratio) = pair_medians(&pairs);
         let (a, b) = (n as f64 / a, n as f64 / b);
         println!(
             "prefill {n:5} tokens: a {a:8.1} tok/s, b {b:8.1} tok/s, time b/a {ratio:.3} \
@@ -279,17 +301,7 @@ fn bench_versus(
         session.feed_and_sample(&prompt, &greedy)?;
     }
     let turns = (args.decode_tokens / VERSUS_TURN).max(1);
-    let mut pairs = Vec::with_capacity(turns);
-    for turn in 0..turns {
-        let secs = in_turn(&mut sessions, turn, |s| {
-            for _ in 0..VERSUS_TURN {
-                s.decode(&greedy)?;
-            }
-            Ok(())
-        })?;
-        pairs.push(secs.map(|t| t * 1e3 / VERSUS_TURN as f64));
-    }
-    let (a, b, ratio) = medians(&pairs);
+    let (a, b, ratio) = decode_in_turn(&mut sessions, turns, &greedy)?;
     println!(
         "decode: a {a:7.1} ms/token, b {b:7.1} ms/token, time b/a {ratio:.3} (median of {turns} \
          turns of {VERSUS_TURN} tokens each)"
@@ -342,19 +354,7 @@ fn bench_versus_history(
         for (session, text) in sessions.iter_mut().zip(&mut texts) {
             feed_to(session, text, h, options.max_chunk, &greedy)?;
         }
-        let mut pairs = Vec::with_capacity(turns);
-        for turn in 0..turns {
-            let secs = in_turn(&mut sessions, turn, |s| {
-                for _ in 0..VERSUS_TURN {
-                    s.decode(&greedy)?;
-                }
-                Ok(())
-            })?;
-            pairs.push(secs.map(|t| t * 1e3 / VERSUS_TURN as f64));
-        }
-        let a = median(pairs.iter().map(|p| p[0]).collect());
-        let b = median(pairs.iter().map(|p| p[1]).collect());
-        let ratio = median(pairs.iter().map(|p| p[1] / p[0]).collect());
+        let (a, b, ratio) = decode_in_turn(&mut sessions, turns, &greedy)?;
         println!(
             "history {h:6} tokens: decode a {a:7.1} ms/token, b {b:7.1} ms/token, time b/a \
              {ratio:.3} (median of {turns} turns of {VERSUS_TURN} tokens each)"
