@@ -52,8 +52,10 @@ pub const CPU_DECODE_WORKGROUPS: u32 = 4;
 /// threads a SIMD vector at a time, so more threads buy no parallelism, only their merge and
 /// each one's rotation of the query. Measured on lavapipe (SmolLM2-135M, 2 cores): attention
 /// with the output projection 32-40 ms per token at 64 threads, 22-25 at 32, 19-20 at 16 for
-/// a short cache; with the default sink ring full, 294-312 against 303-337 ms per token.
-pub const CPU_DECODE_ATTENTION_THREADS: u32 = 16;
+/// a short cache; with the default sink ring full, 294-312 against 303-337 ms per token. One
+/// vector of lavapipe's 256-bit SIMD, 8 threads, decodes 3.5-5.4% faster again than 16, short
+/// cache and ring full, in either order of `bench --versus` (docs/results/versus/).
+pub const CPU_DECODE_ATTENTION_THREADS: u32 = 8;
 /// [`GpuOptions::decode_attention_threads`] on a GPU: two warps of 32, one wave of 64 share a
 /// head's keys, and a split walk's workgroups fill the device.
 pub const GPU_DECODE_ATTENTION_THREADS: u32 = 64;

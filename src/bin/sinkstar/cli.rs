@@ -61,7 +61,7 @@ pub struct DeviceFlags {
     #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub decode_workgroups: Option<u32>,
     /// Threads of each decode attention workgroup (one per head, and part of a split cache), at
-    /// most what keeps its merge within 16 KiB (64 for 64-wide heads, 32 to 128) [default: 16 on
+    /// most what keeps its merge within 16 KiB (64 for 64-wide heads, 32 to 128) [default: 8 on
     /// a CPU adapter, 64 on a GPU]
     #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub decode_attention_threads: Option<u32>,
