@@ -574,8 +574,8 @@ fn bench_versus_runs_both_device_configurations_in_turn() {
     assert!(versus["decode"]["a_ms_per_token"].as_f64().unwrap() > 0.0);
 
     // With --history: both decode after a history that wraps a small sink ring (4 + 40 slots
-    // and room for a chunk, 107), and both
-    // sides' profiles say where the difference is: a's projection is inside its attention.
+    // and room for a chunk, 107), and both sides' profiles say where the difference is: a's
+    // projection is inside its attention.
     let out = sinkstar(&[
         "bench",
         "--versus",

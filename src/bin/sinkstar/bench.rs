@@ -336,11 +336,7 @@ fn bench_versus_history(
         Session::new(loaded.model.clone(), &options)?,
         Session::new(other, &options)?,
     ];
-    let mut lengths = args.history.clone();
-    lengths.sort_unstable();
-    lengths.dedup();
-    let longest = lengths.last().copied().unwrap_or(0);
-    let (text, text_what) = history_tokens(loaded, args, longest)?;
+    let (lengths, text, text_what) = history_plan(loaded, args)?;
     // Each session reads the same text.
     let mut texts = [text.iter().copied().cycle(), text.iter().copied().cycle()];
     let turns = (args.history_decode / VERSUS_TURN).max(1);
@@ -368,8 +364,8 @@ fn bench_versus_history(
         b.profile_decode(args.repeat)?,
     );
     println!(
-        "decode profile after {longest} tokens (each part of a step alone, all layers, median of \
-         {}):",
+        "decode profile after {} tokens (each part of a step alone, all layers, median of {}):",
+        lengths.last().copied().unwrap_or(0),
         args.repeat.max(1)
     );
     let mut profile = Vec::new();
@@ -524,12 +520,16 @@ fn bench_basic(
     ])
 }
 
-/// The history text's tokens (at least one), and what it is in words.
-fn history_tokens(
+/// The `--history` lengths, ascending and distinct; the history text's tokens (at least one,
+/// enough for the longest), and what it is in words.
+fn history_plan(
     loaded: &Loaded,
     args: &BenchArgs,
-    need: usize,
-) -> anyhow::Result<(Vec<u32>, String)> {
+) -> anyhow::Result<(Vec<usize>, Vec<u32>, String)> {
+    let mut lengths = args.history.clone();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let need = lengths.last().copied().unwrap_or(0);
     let default = sinkstar_home().join("texts").join("emma.txt");
     let path = match &args.history_text {
         Some(path) => Some(path.clone()),
@@ -550,7 +550,7 @@ fn history_tokens(
     if tokens.is_empty() {
         anyhow::bail!("the history text ({what}) has no tokens");
     }
-    Ok((tokens, what))
+    Ok((lengths, tokens, what))
 }
 
 /// Brings one session of the chosen policy to each history length in turn and times
@@ -561,11 +561,7 @@ fn bench_history(loaded: &Loaded, args: &BenchArgs) -> anyhow::Result<serde_json
     let gpu = model.gpu().clone();
     let policy = args.policy.policy(&model);
     let n_decode = args.history_decode.max(1);
-    let mut lengths = args.history.clone();
-    lengths.sort_unstable();
-    lengths.dedup();
-    let longest = lengths.last().copied().unwrap_or(0);
-    let (text, text_what) = history_tokens(loaded, args, longest)?;
+    let (lengths, text, text_what) = history_plan(loaded, args)?;
     let mut text = text.iter().copied().cycle();
 
     let before = gpu.allocated_bytes();
