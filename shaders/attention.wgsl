@@ -27,11 +27,8 @@
 //     tile) <= every visible window key; sinks keep their own frame (key at u, query at q_pos(t)). The
 //     table then needs window + TILE_ROWS - 1 rows for the window frame (Params::n_pos_tile on the host).
 //   OUTPUT (row form, decode, one part): after its head's output the workgroup also multiplies it by
-//     that head's head_dim columns of the output projection W_o [OUT_DIM, n_heads head_dim] (raw ggml
-//     blocks, common/quant.wgsl; head_dim a multiple of 32), one thread per output, and writes the
-//     head's share of W_o·a to `residual`, the residual stream's buffer, at row (1 + head) n_rows + r:
-//     after the step's rows, which it leaves alone. The FFN's matmuls sum those parts into the stream
-//     (matmul.wgsl's X_PARTS, OUT_PARTS), so the projection and its residual add take no dispatch.
+//     that head's head_dim columns of the output projection W_o (head_dim a multiple of 32) and writes
+//     the head's share of W_o·a as its part of the residual stream (common/project_head.wgsl).
 // Flags: TILE (with QUAD), or the row form with QUAD where head_dim is a multiple of 4; OUTPUT (with QUAD)
 // and one weight format's flag. Overrides, row: WG_SIZE, UNITS (head_dim / 4 with QUAD, else / 2),
 // ACC_ELEMS (= WG_SIZE * UNITS), OUTPUT's OUT_DIM; TILE: GROUP (query heads per kv head), QUADS
@@ -41,7 +38,7 @@
 
 #include "common/rope.wgsl"
 #if OUTPUT
-#include "common/quant.wgsl"
+#include "common/project_head.wgsl"
 #endif
 
 // Finite stand-in for -inf (WGSL has no infinity literal): exp(NEG_BIG - x) underflows to 0 for any
@@ -415,37 +412,8 @@ fn main(
 #if OUTPUT
     // Every thread reads the whole head.
     workgroupBarrier();
-    project_head(row_head, lid);
+    project_head(row_head / params.n_heads, head, params.n_rows, params.n_heads, params.head_dim, lid);
 #endif
 }
 
-#if OUTPUT
-// The model's width: W_o's rows.
-override OUT_DIM: u32 = 576u;
-var<workgroup> head_out: array<vec, UNITS>;
-
-// The head's share of the output projection, Σ_i W_o[o, head head_dim + i] head_out[i] for every
-// output o, from the head's head_dim / 32 chunks of each row of W_o.
-fn project_head(row_head: u32, lid: u32) {
-    let head = row_head % params.n_heads;
-    let r = row_head / params.n_heads;
-    let n_chunks = params.head_dim / CHUNK_ELEMS;
-    let first_chunk = head * n_chunks;
-    let w_row_bytes = row_bytes(params.n_heads * params.head_dim);
-    let part = ((1u + head) * params.n_rows + r) * OUT_DIM;
-    for (var o = lid; o < OUT_DIM; o += WG_SIZE) {
-        var sum = vec4<f32>();
-        for (var c = 0u; c < n_chunks; c++) {
-            let chunk = chunk_at(o * w_row_bytes, first_chunk + c);
-            for (var g = 0u; g < 4u; g++) {
-                let w = group_at(chunk, g);
-                let lo = head_out[(c * CHUNK_ELEMS + lo_offset(g)) / 4u];
-                let hi = head_out[(c * CHUNK_ELEMS + hi_offset(g)) / 4u];
-                sum = fma(w.lo, lo, fma(w.hi, hi, sum));
-            }
-        }
-        residual[part + o] = dot(sum, vec4<f32>(1.0));
-    }
-}
-#endif
 #endif

@@ -182,7 +182,7 @@ fn shared_prefill_matches_the_cpu_reference() {
 #[test]
 fn split_decode_attention_matches_the_cpu_reference() {
     // A device told to keep 64 workgroups busy, and a cache long enough for parts of
-    // MIN_PART_SLOTS: each decoded row's 4 heads walk 701..705 slots in 2 parts, merged by one
+    // MIN_PART_SLOTS: each decoded row's heads walk 701..705 slots in 2 parts, merged by one
     // more dispatch per layer.
     let device = |decode_workgroups| {
         let options = GpuOptions {
@@ -203,6 +203,19 @@ fn split_decode_attention_matches_the_cpu_reference() {
         whole.step_dispatches() + tiny.n_layers,
         "one merge per layer"
     );
+    // Heads of 32, which project in attention: the merge then also computes each head's share
+    // of the output projection, so a split layer takes 5 dispatches, one more than unsplit.
+    let projecting = Tiny {
+        dim: 96,
+        n_heads: 3,
+        n_kv_heads: 1,
+        ..tiny.clone()
+    };
+    let split = check_on(device(64), &projecting, 700, 64, 4, 1024);
+    let whole = check_on(device(1), &projecting, 700, 64, 4, 1024);
+    assert!(split.projects_in_attention());
+    assert_eq!(whole.step_dispatches(), 1 + 4 * tiny.n_layers + 2);
+    assert_eq!(split.step_dispatches(), 1 + 5 * tiny.n_layers + 2);
 }
 
 #[test]

@@ -61,6 +61,8 @@ pub enum AttentionError {
     Parts { variant: String, n_parts: u32 },
     #[error("attention: the fused output projection reads whole 32-value chunks of a head: head_dim {head_dim} is not a multiple of 32")]
     ProjectionHeadDim { head_dim: u32 },
+    #[error("attention_merge: kernel `{variant}` cannot merge heads of {head_dim}")]
+    MergeHeadDim { variant: String, head_dim: u32 },
 
     #[error("{kernel}: `{what}` holds {bytes} bytes, {needed} needed")]
     BufferSize {
@@ -216,7 +218,8 @@ pub fn decode_parts(n_slots: u32, n_vecs: u32, target_workgroups: u32) -> u32 {
     wanted.min(n_slots / MIN_PART_SLOTS).clamp(1, MAX_PARTS)
 }
 
-/// The row form's fused output projection (the shader's OUTPUT): each head's output times its
+/// The fused output projection (common/project_head.wgsl: the row form's OUTPUT, and
+/// `attention_merge`'s projecting form for a split walk): each head's output times its
 /// `head_dim` columns of `W_o [dim, n_heads * head_dim]`, stored in `format`, written as that
 /// head's part of the residual stream after the step's rows, where the FFN's matmuls sum the
 /// parts in (`matmul::Prologue::PartsRmsNorm`, `matmul::Epilogue::AccumulateParts`).
@@ -682,20 +685,8 @@ impl Attention {
         // A projection given to a variant without one (or none to one with) leaves the bind
         // group a binding short or over: `Kernel::bind` names the kernel and both counts.
         if let (Some(output), Some(projection)) = (self.variant.projection(), projection) {
-            let q_dim = u64::from(params.n_heads) * hd;
-            let needed = weight_buffer_bytes(output.format, q_dim as usize, output.dim as usize)
-                .unwrap_or(u64::MAX);
-            if projection.weight.size() != needed {
-                return Err(AttentionError::BufferSize {
-                    kernel: "attention",
-                    what: "weight",
-                    bytes: projection.weight.size(),
-                    needed,
-                });
-            }
-            let residual =
-                (1 + u64::from(params.n_heads)) * u64::from(params.n_rows) * u64::from(output.dim);
-            check_size("attention", "residual", projection.residual, residual)?;
+            let shape = (params.n_rows, params.n_heads, params.head_dim);
+            check_projection("attention", output, shape, projection)?;
         }
         if let Some(projection) = projection {
             bindings.push(projection.weight.as_entire_binding());
@@ -707,6 +698,28 @@ impl Attention {
             workgroups: self.variant.grid(gpu, params)?,
         })
     }
+}
+
+/// Fails unless `projection` holds W_o of `output`'s shape for the `(n_rows, n_heads, head_dim)`
+/// of `shape` and room for the heads' parts of the rows after them.
+pub(super) fn check_projection(
+    kernel: &'static str,
+    output: Projection,
+    (n_rows, n_heads, head_dim): (u32, u32, u32),
+    projection: &ProjectionBuffers,
+) -> Result<(), AttentionError> {
+    let q_dim = n_heads as usize * head_dim as usize;
+    let needed = weight_buffer_bytes(output.format, q_dim, output.dim as usize).unwrap_or(u64::MAX);
+    if projection.weight.size() != needed {
+        return Err(AttentionError::BufferSize {
+            kernel,
+            what: "weight",
+            bytes: projection.weight.size(),
+            needed,
+        });
+    }
+    let residual = (1 + u64::from(n_heads)) * u64::from(n_rows) * u64::from(output.dim);
+    check_size(kernel, "residual", projection.residual, residual)
 }
 
 /// Fails unless `buffer` holds `n_elems` 4-byte values.

@@ -24,6 +24,7 @@ macro_rules! shader_table {
 pub const SHADERS: &[(&str, &str)] = shader_table![
     "attention.wgsl",
     "attention_merge.wgsl",
+    "common/project_head.wgsl",
     "common/quant.wgsl",
     "common/rope.wgsl",
     "embed.wgsl",

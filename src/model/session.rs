@@ -137,9 +137,13 @@ struct AttentionDispatch {
 /// Decode's layer after the q/k/v matmul in 3 dispatches ([`Gpu::fuse_output_projection`]):
 /// attention with each head's share of the output projection (its parts, after the decoded
 /// row in `x`), the FFN norm of the stream with its parts summed in, gate and up, and the down
-/// projection, which adds both the parts and its own sums to the stream.
+/// projection, which adds both the parts and its own sums to the stream. A split walk takes one
+/// more: the parts of the walk, then their merge with the projection.
 struct ProjectedDecode {
     attention: Dispatch,
+    /// The merge of a split walk's parts (`split_att`) with each head's share of the output
+    /// projection after it.
+    merge: Dispatch,
     gate_up: Dispatch,
     down: Dispatch,
 }
@@ -468,18 +472,11 @@ impl Session {
             ..attention_bound
         };
         let merge_bound = attention_merge::Params::new(MAX_PARTS, 1, n_heads, head_dim);
-        let merge = |parts: &wgpu::Buffer, parts_lse: &wgpu::Buffer| {
-            attention_merge.dispatch(
-                &gpu,
-                arena.binding(p.split_merge),
-                &merge_bound,
-                &attention_merge::Buffers {
-                    parts,
-                    parts_lse,
-                    out: &b.att,
-                    out_lse: &b.lse,
-                },
-            )
+        let split_merge_buffers = attention_merge::Buffers {
+            parts: &b.split_att,
+            parts_lse: &b.split_lse,
+            out: &b.att,
+            out_lse: &b.lse,
         };
         let layers = model
             .layers
@@ -503,16 +500,25 @@ impl Session {
                             format: w.wo.format,
                             dim: c.dim as u32,
                         };
+                        let projection = ProjectionBuffers {
+                            weight: &w.wo.buffer,
+                            residual: &b.x,
+                        };
                         let attention = Attention::row_projecting(&gpu, head_dim, output)?
                             .dispatch_projecting(
                                 &gpu,
                                 arena.binding(p.attention),
                                 &decode_bound,
                                 &buffers,
-                                &ProjectionBuffers {
-                                    weight: &w.wo.buffer,
-                                    residual: &b.x,
-                                },
+                                &projection,
+                            )?;
+                        let merge = AttentionMerge::projecting(&gpu, head_dim, output)?
+                            .dispatch_projecting(
+                                &gpu,
+                                arena.binding(p.split_merge),
+                                &merge_bound,
+                                &split_merge_buffers,
+                                &projection,
                             )?;
                         let decode = |slot, weight: &Weight, x, gamma, out, prologue, epilogue| {
                             let kernel =
@@ -530,6 +536,7 @@ impl Session {
                         };
                         Some(ProjectedDecode {
                             attention,
+                            merge,
                             gate_up: decode(
                                 p.gate_up,
                                 &w.w_gate_up,
@@ -580,7 +587,12 @@ impl Session {
                         AttentionDispatch {
                             row: dispatch(&attention_row, &attention_bound, &buffers)?,
                             row_split: dispatch(&attention_row, &split_bound, &split_buffers)?,
-                            merge: merge(&b.split_att, &b.split_lse)?,
+                            merge: attention_merge.dispatch(
+                                &gpu,
+                                arena.binding(p.split_merge),
+                                &merge_bound,
+                                &split_merge_buffers,
+                            )?,
                             tile: dispatch(&attention_tile, &attention_bound, &buffers)?,
                             row_variant: attention_row.variant(),
                             tile_variant: attention_tile.variant(),
@@ -1011,7 +1023,7 @@ impl Session {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let mut recorder = Recorder::new(&mut pass, None);
-            let grid = AttentionMerge::grid(gpu, &merge)?;
+            let grid = attention_merge::Variant::Pairs.grid(gpu, &merge)?;
             recorder.record(Part::Attention, &exchange.merge, grid);
             // After the last layer only the head reads the residual stream.
             if !last || sampling.is_some() {
@@ -1434,10 +1446,9 @@ impl Session {
     }
 
     /// Whether the step under way (as `begin_step` shaped it) runs the layers'
-    /// [`ProjectedDecode`]: one decoded row, its walk in one part, not an exchange step.
+    /// [`ProjectedDecode`]: one decoded row, not an exchange step.
     fn projecting_step(&self) -> bool {
-        let shape = &self.attention_shape;
-        shape.n_rows == 1 && shape.n_parts == 1 && self.exchange.is_none()
+        self.attention_shape.n_rows == 1 && self.exchange.is_none()
     }
 
     /// Layer `layer`'s [`ProjectedDecode`], if it has one and the step under way runs it.
@@ -1466,9 +1477,18 @@ impl Session {
         let c = &self.model.config;
         let l = &self.layers[layer];
         recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
+        let shape = &self.attention_shape;
         if let Some(projected) = self.projected(layer) {
-            let d = &projected.attention;
-            recorder.record(Part::Attention, d, d.workgroups);
+            if shape.n_parts > 1 {
+                let a = &l.attention;
+                let grid = a.row_variant.grid(gpu, shape)?;
+                recorder.record(Part::Attention, &a.row_split, grid);
+                let merge = &projected.merge;
+                recorder.record(Part::Attention, merge, merge.workgroups);
+            } else {
+                let d = &projected.attention;
+                recorder.record(Part::Attention, d, d.workgroups);
+            }
             return Ok(());
         }
         if let Some(mta) = &l.mta {
@@ -1479,7 +1499,6 @@ impl Session {
         }
         // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
         let a = &l.attention;
-        let shape = &self.attention_shape;
         debug_assert_eq!(shape.n_rows, rows, "begin_step set this step's shape");
         let (variant, dispatch) = match (rows, shape.n_parts) {
             (1, 1) => (a.row_variant, &a.row),
@@ -1493,7 +1512,7 @@ impl Session {
             recorder.record(
                 Part::Attention,
                 &a.merge,
-                AttentionMerge::grid(gpu, &merge)?,
+                attention_merge::Variant::Pairs.grid(gpu, &merge)?,
             );
         }
         Ok(())

@@ -1187,11 +1187,11 @@ async fn attention_split_rows_merge_to_whole(gpu: &Gpu) {
 }
 
 /// A value no kernel computes: the residual rows the projection must leave alone hold it.
-const UNTOUCHED: f32 = 7.25;
+pub(crate) const UNTOUCHED: f32 = 7.25;
 
 /// Each head's share of W_o·a: sums of head_dim products of weights in [-1, 1] and outputs
 /// below 1 (up to ~8), in another order than the CPU reference.
-const TOL_PROJECTION: Tol = Tol {
+pub(crate) const TOL_PROJECTION: Tol = Tol {
     abs: 1e-5,
     rel: 1e-4,
 };
