@@ -17,7 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::attention::{AttentionPolicy, DEFAULT_SINKS, DEFAULT_WINDOW};
 use crate::generate::{Chat, GenerateOptions, SamplingParams};
 use crate::gpu::{Gpu, GpuOptions};
-use crate::kernels::stream::{dispatch_overhead, stream_bandwidth};
+use crate::kernels::stream::{dispatch_overhead, stream_bandwidth, Load};
 use crate::model::gguf::Gguf;
 use crate::model::{GpuModel, Session, SessionOptions};
 use crate::tokenizer::chat::ChatTemplate;
@@ -124,7 +124,9 @@ impl WasmModel {
         wasm_bindgen_futures::future_to_promise(async move {
             let gpu = model.gpu();
             // One untimed run and the median of 3, as `sinkstar bench --repeat 3`.
-            let stream = stream_bandwidth(gpu, 3).await.map_err(Error::from)?;
+            let stream = stream_bandwidth(gpu, 3, Load::Vec4)
+                .await
+                .map_err(Error::from)?;
             let overhead = dispatch_overhead(gpu, 3).await.map_err(Error::from)?;
             Ok(JsValue::from_str(
                 &serde_json::json!({

@@ -20,10 +20,28 @@ pub struct Params {
 
 const WG_SIZE: u32 = 64;
 
-pub fn spec() -> Result<PipelineSpec, GpuError> {
+/// How an invocation loads each 16 bytes it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// One vec4<u32>: the device's streaming bandwidth.
+    Vec4,
+    /// Four u32 words, as the quantized kernels load weight blocks (the shader's WORDS): the
+    /// most they can stream where a device pays per load rather than per byte.
+    Words,
+}
+
+impl Load {
+    pub const ALL: [Load; 2] = [Load::Vec4, Load::Words];
+}
+
+pub fn spec(load: Load) -> Result<PipelineSpec, GpuError> {
+    let (name, defines): (&str, &[&str]) = match load {
+        Load::Vec4 => ("stream", &[]),
+        Load::Words => ("stream_words", &["WORDS"]),
+    };
     Ok(PipelineSpec {
-        label: format!("stream_wg{WG_SIZE}"),
-        source: shader_source("stream.wgsl", &[])?,
+        label: format!("{name}_wg{WG_SIZE}"),
+        source: shader_source("stream.wgsl", defines)?,
         entry: "main",
         overrides: vec![("WG_SIZE".into(), f64::from(WG_SIZE))],
         features: wgpu::Features::empty(),
@@ -33,7 +51,7 @@ pub fn spec() -> Result<PipelineSpec, GpuError> {
 }
 
 pub fn variants() -> Vec<Result<PipelineSpec, GpuError>> {
-    vec![spec()]
+    Load::ALL.into_iter().map(spec).collect()
 }
 
 pub struct Stream {
@@ -41,9 +59,9 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(gpu: &Gpu) -> Result<Stream, GpuError> {
+    pub fn new(gpu: &Gpu, load: Load) -> Result<Stream, GpuError> {
         Ok(Stream {
-            kernel: gpu.kernel(&spec()?)?,
+            kernel: gpu.kernel(&spec(load)?)?,
         })
     }
 
@@ -91,18 +109,19 @@ pub fn stream_cpu(data: &[u32], n_threads: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Bytes per second the device streams through [`Stream`]: the median of `repeat` timed
-/// submissions (after one untimed, which pays for the pipeline), each of 8 reads of one
-/// buffer of up to 256 MiB (less where the device's limits are lower; 8 reads so that a fast
-/// GPU's submission overhead does not count).
-pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
+/// Bytes per second the device streams through [`Stream`] loading as `load` does: the median
+/// of `repeat` timed submissions (after one untimed, which pays for the pipeline), each of 8
+/// reads of one buffer of up to 256 MiB (less where the device's limits are lower; 8 reads so
+/// that a fast GPU's submission overhead does not count).
+pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize, load: Load) -> Result<f64, GpuError> {
     const READS: u32 = 8;
     let limit = gpu
         .limits
         .max_storage_buffer_binding_size
         .min(gpu.limits.max_buffer_size);
     let n_vec4s = u32::try_from(limit.min(256 << 20) / 16).unwrap_or(u32::MAX);
-    let secs = time_reads(gpu, n_vec4s, Stream::threads(n_vec4s), READS, repeat).await?;
+    let threads = Stream::threads(n_vec4s);
+    let secs = time_reads(gpu, load, n_vec4s, threads, READS, repeat).await?;
     Ok((u64::from(READS) * u64::from(n_vec4s) * 16) as f64 / secs)
 }
 
@@ -111,14 +130,15 @@ pub async fn stream_bandwidth(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError>
 /// dispatch. The benchmark's profile weighs kernel counts with it.
 pub async fn dispatch_overhead(gpu: &Gpu, repeat: usize) -> Result<f64, GpuError> {
     const DISPATCHES: u32 = 1000;
-    let secs = time_reads(gpu, 1, WG_SIZE, DISPATCHES, repeat).await?;
+    let secs = time_reads(gpu, Load::Vec4, 1, WG_SIZE, DISPATCHES, repeat).await?;
     Ok(secs / f64::from(DISPATCHES))
 }
 
 /// The median seconds of `repeat` submissions (after one untimed) of `n_dispatches` reads of
-/// `n_vec4s` by `n_threads` invocations, each submission waited for.
+/// `n_vec4s` by `n_threads` invocations loading as `load` does, each submission waited for.
 async fn time_reads(
     gpu: &Gpu,
+    load: Load,
     n_vec4s: u32,
     n_threads: u32,
     n_dispatches: u32,
@@ -138,7 +158,8 @@ async fn time_reads(
         },
     )?;
     arena.upload(gpu);
-    let dispatch = Stream::new(gpu)?.dispatch(gpu, arena.binding(slot), &data, &out, n_threads)?;
+    let dispatch =
+        Stream::new(gpu, load)?.dispatch(gpu, arena.binding(slot), &data, &out, n_threads)?;
     let mut secs = Vec::new();
     for run in 0..=repeat.max(1) {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());

@@ -1,16 +1,19 @@
 use rand::Rng;
 use sinkstar::gpu::Gpu;
-use sinkstar::kernels::stream::{stream_cpu, Params, Stream};
+use sinkstar::kernels::stream::{stream_cpu, Load, Params, Stream};
 
 use crate::{arena_with, read_u32, rng, run};
 
 gpu_test!(stream_reads_every_element_once);
 /// Every invocation's wrapping sum equals the reference's, for buffers smaller than one
-/// workgroup, not a multiple of the thread count, and larger than it.
+/// workgroup, not a multiple of the thread count, and larger than it, loading vec4s or words.
 async fn stream_reads_every_element_once(gpu: &Gpu) {
-    let kernel = Stream::new(gpu).unwrap();
     let mut rng = rng(13);
-    for n_vec4s in [1u32, 37, 1000, 70_001] {
+    let cases = Load::ALL
+        .into_iter()
+        .flat_map(|load| [1u32, 37, 1000, 70_001].map(|n_vec4s| (load, n_vec4s)));
+    for (load, n_vec4s) in cases {
+        let kernel = Stream::new(gpu, load).unwrap();
         let data: Vec<u32> = (0..n_vec4s * 4).map(|_| rng.random()).collect();
         let n_threads = Stream::threads(n_vec4s);
         let params = Params {
@@ -32,7 +35,7 @@ async fn stream_reads_every_element_once(gpu: &Gpu) {
         assert_eq!(
             got,
             stream_cpu(&data, n_threads as usize),
-            "{n_vec4s} vec4s"
+            "{n_vec4s} vec4s, {load:?}"
         );
     }
 }

@@ -14,7 +14,7 @@ use clap::{Args, Parser};
 use sinkstar::attention::{AttentionPolicy, PolicyError};
 use sinkstar::generate::SamplingParams;
 use sinkstar::kernels::mta::{Conv, Gate, MtaLayer};
-use sinkstar::kernels::stream::{dispatch_overhead, stream_bandwidth};
+use sinkstar::kernels::stream::{dispatch_overhead, stream_bandwidth, Load};
 use sinkstar::model::{sinkstar_home, GpuModel, Part, Session, SessionOptions};
 use sinkstar::tokenizer::Tokenizer;
 
@@ -443,7 +443,8 @@ fn bench_basic(
     );
     let memory = gpu.allocated_bytes();
     println!("gpu memory held: {:.1} MiB", memory as f64 / 1048576.0);
-    let bandwidth = pollster::block_on(stream_bandwidth(gpu, repeat))?;
+    let bandwidth = pollster::block_on(stream_bandwidth(gpu, repeat, Load::Vec4))?;
+    let word_bandwidth = pollster::block_on(stream_bandwidth(gpu, repeat, Load::Words))?;
     let overhead = pollster::block_on(dispatch_overhead(gpu, repeat))?;
     let weight_bytes = loaded.model.weight_bytes_per_token();
     let decode_bandwidth = weight_bytes as f64 * decode_rate;
@@ -454,6 +455,12 @@ fn bench_basic(
         decode_bandwidth / 1e9,
         100.0 * decode_bandwidth / bandwidth,
         bandwidth / 1e9
+    );
+    println!(
+        "the stream kernel loading u32 words, as the quantized matvecs load weight blocks: \
+         {:.2} GB/s; decode reaches {:.0}% of that",
+        word_bandwidth / 1e9,
+        100.0 * decode_bandwidth / word_bandwidth
     );
     println!(
         "one dispatch costs {:.1} us beyond its work: {:.1} of the {:.1} ms a token takes are \
@@ -513,6 +520,7 @@ fn bench_basic(
         ("weight_bytes_per_token", weight_bytes.into()),
         ("decode_weight_bytes_per_s", decode_bandwidth.into()),
         ("stream_bytes_per_s", bandwidth.into()),
+        ("stream_word_bytes_per_s", word_bandwidth.into()),
         ("dispatch_overhead_s", overhead.into()),
         ("gpu_memory_bytes", memory.into()),
         ("mta_map_bytes", map_bytes.into()),
