@@ -86,7 +86,7 @@ fn rotate(x: vec, cs: vec) -> vec {
 @group(0) @binding(6) var<storage, read_write> out: array<vec>;       // [n_parts, n_rows, n_heads, head_dim]
 @group(0) @binding(7) var<storage, read_write> lse: array<f32>;       // [n_parts, n_rows, n_heads]
 #if OUTPUT
-@group(0) @binding(8) var<storage, read> weight: array<u32>;          // W_o [OUT_DIM, row_bytes(n_heads head_dim) / 4]
+@group(0) @binding(8) var<storage, read> weight: array<WeightWord>;   // W_o: OUT_DIM rows of n_heads head_dim
 @group(0) @binding(9) var<storage, read_write> residual: array<f32>;  // [(1 + n_heads) n_rows, OUT_DIM]
 #endif
 

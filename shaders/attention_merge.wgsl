@@ -45,7 +45,7 @@ const UNIT_LEN: u32 = 2u;
 @group(0) @binding(3) var<storage, read_write> out: array<unit>;     // [n_vecs, head_dim]
 @group(0) @binding(4) var<storage, read_write> out_lse: array<f32>;  // [n_vecs]
 #if OUTPUT
-@group(0) @binding(5) var<storage, read> weight: array<u32>;         // W_o [OUT_DIM, row_bytes(n_heads head_dim) / 4]
+@group(0) @binding(5) var<storage, read> weight: array<WeightWord>;  // W_o: OUT_DIM rows of n_heads head_dim
 @group(0) @binding(6) var<storage, read_write> residual: array<f32>; // [(1 + n_heads) n_rows, OUT_DIM]
 #endif
 

@@ -1,5 +1,5 @@
-// embed: out[r, i] = W[tokens[r], i], row tokens[r] of a [vocab_size, dim] table decoded from its
-// raw ggml blocks by common/quant.wgsl (the table can be the Q8_0 `token_embd.weight` that the
+// embed: out[r, i] = W[tokens[r], i], row tokens[r] of a [vocab_size, dim] table decoded by
+// common/quant.wgsl (the table can be the Q8_0 `token_embd.weight` that the
 // tied LM head also reads through matmul).
 // One invocation per output value. Ids are checked on the host; here an id whose row does not
 // lie inside the bound table gives a row of zeros and reads nothing: zeros stand out, where a
@@ -20,7 +20,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weight: array<u32>;    // [vocab_size, row_bytes(dim) / 4] + padding
+@group(0) @binding(1) var<storage, read> weight: array<WeightWord>; // vocab_size rows of row_stride(dim) bytes
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;    // [n_rows]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n_rows, dim]
 
@@ -31,11 +31,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let token = tokens[e / params.dim];
-    let row_len = row_bytes(params.dim);
-    let n_table_rows = arrayLength(&weight) * 4u / row_len;
     var value = 0.0;
-    if token < n_table_rows {
-        value = weight_at(token * row_len, e % params.dim);
+    if token < weight_rows(params.dim) {
+        value = weight_at(row_at(token, params.dim), e % params.dim);
     }
     out[e] = value;
 }

@@ -15,8 +15,8 @@
 // OUTPUT form), so the projection and its residual add need no dispatch of their own. With
 // OUT_PARTS (after ACCUMULATE: the down projection) out is held the same way, and
 // out[r, o] += sum + the parts' [r, o]: the same parts' residual add, where the stream is written.
-// W is [n_out, n_in] as the raw ggml blocks of the GGUF, decoded here by common/quant.wgsl and never
-// expanded in memory.
+// W is [n_out, n_in] in the ggml blocks of the GGUF, laid out by matmul::upload_weight, decoded here by
+// common/quant.wgsl and never expanded in memory.
 // No barriers, no workgroup memory (but the vec form's one staging of a normalised row, and the
 // shared form): CPU drivers run those 5-10x slower in loops. The invocations of a
 // workgroup take neighbouring output columns of the same rows, so x is read at the same address
@@ -64,7 +64,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> weight: array<u32>;    // [n_out, row_bytes(n_in) / 4]
+@group(0) @binding(1) var<storage, read> weight: array<WeightWord>; // n_out rows of row_stride(n_in) bytes
 #if UNIFORM_X
 // 64 KiB, the smallest max_uniform_buffer_binding_size WebGPU allows.
 const X_VEC4S: u32 = 4096u;
@@ -138,8 +138,8 @@ fn row_scale(x_row: u32) -> f32 {
 }
 
 // Weights i .. i + 4 of a row, one at a time: the float formats' tail after the last chunk.
-fn weights4_at(row_byte: u32, i: u32) -> vec4<f32> {
-    return vec4<f32>(weight_at(row_byte, i), weight_at(row_byte, i + 1u), weight_at(row_byte, i + 2u), weight_at(row_byte, i + 3u));
+fn weights4_at(row: Row, i: u32) -> vec4<f32> {
+    return vec4<f32>(weight_at(row, i), weight_at(row, i + 1u), weight_at(row, i + 2u), weight_at(row, i + 3u));
 }
 
 fn store(r: u32, o: u32, value: f32) {
@@ -180,10 +180,10 @@ fn store(r: u32, o: u32, value: f32) {
     }
 }
 
-// The byte offset of row o of W. Columns past n_out read the last row instead, so every load
+// Where row o of W starts. Columns past n_out read the last row instead, so every load
 // stays in bounds; `store` drops their results.
-fn w_row(o: u32) -> u32 {
-    return min(o, params.n_out - 1u) * row_bytes(params.n_in);
+fn w_row(o: u32) -> Row {
+    return row_at(min(o, params.n_out - 1u), params.n_in);
 }
 
 // Output columns one invocation stores per row: its 4 (vec) or 8 (tile) weight rows, halved by
@@ -191,9 +191,9 @@ fn w_row(o: u32) -> u32 {
 #if SWIGLU
 const OUT_SHARE: u32 = 2u;
 
-// The byte offset of the up row of output o (n_out rows after its gate row).
-fn up_row(o: u32) -> u32 {
-    return w_row(o) + params.n_out * row_bytes(params.n_in);
+// Where the up row of output o starts (n_out rows after its gate row).
+fn up_row(o: u32) -> Row {
+    return row_at(min(o, params.n_out - 1u) + params.n_out, params.n_in);
 }
 
 // silu(gate) * up; exp(-gate) overflows to +inf for gate < -88, which correctly gives -0.
@@ -273,7 +273,7 @@ struct Sums {
 // The sums of weight rows w0..w3 over chunks first, first + step, ... of the row (and, for the
 // float formats, the same stride of the 4-value steps after the last whole chunk): one
 // invocation takes all of it (0, 1) or one lane of a subgroup its share (lane, subgroup size).
-fn sums(w0: u32, w1: u32, w2: u32, w3: u32, x_row: u32, first: u32, step: u32) -> Sums {
+fn sums(w0: Row, w1: Row, w2: Row, w3: Row, x_row: u32, first: u32, step: u32) -> Sums {
     let n_in = params.n_in;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
@@ -446,10 +446,13 @@ var<workgroup> ws: array<vec4<f32>, TILE_N * 8u>;
 
 // The weight row behind column j of the tile whose first output is o0: output o0 + j, or with
 // SWIGLU the gate rows of outputs o0 .. o0 + TILE_N / 2 and then their up rows.
-fn tile_row(o0: u32, j: u32) -> u32 {
+fn tile_row(o0: u32, j: u32) -> Row {
 #if SWIGLU
     let half = TILE_N / 2u;
-    return select(up_row(o0 + j - half), w_row(o0 + j), j < half);
+    if j < half {
+        return w_row(o0 + j);
+    }
+    return up_row(o0 + j - half);
 #else
     return w_row(o0 + j);
 #endif

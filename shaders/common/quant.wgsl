@@ -1,15 +1,20 @@
-// quant: decodes ggml weight blocks kept as their raw little-endian bytes in `weight`, an
-// `array<u32>` binding that the including shader declares ([n_out, row_bytes / 4], zero-padded
-// to whole words). Row `o` of a weight matrix starts at byte `o * row_bytes(n_in)`.
+// quant: decodes weight matrices in `weight`, a binding the including shader declares as
+// `array<WeightWord>`, as `matmul::upload_weight` lays them out: row `o` of a matrix of rows of
+// n_in weights at byte `o * row_stride(n_in)` (`row_at`). Float formats keep the ggml bytes
+// (WeightWord = u32, zero-padded to whole words). Quantized formats are repacked so that a block's
+// codes are one or two aligned 16-byte loads (WeightWord = vec4<u32>): each row holds its blocks'
+// codes (qs, 16 or 32 bytes each, in block order), then their scales (Q4_1: one word of f16 d and
+// f16 m per block; Q4_0, Q8_0: f16 d, two blocks to a word), zero-padded to 16 bytes. On CPU drivers
+// a load whose address differs between invocations is a gather paid per load, so a vec4 load of 16
+// bytes costs about what a word does (the stream kernel: 3.3 against 1.8 GB/s on lavapipe), and the
+// ggml blocks (18, 20, 34 bytes) are not 16-byte aligned.
 // Two ways to read a row: a chunk of CHUNK_ELEMS = 32 consecutive weights at a time
 // (`chunk_at` once, then `group_at` for each of its 4 groups of 8; F16/BF16 rows must start
 // 4-byte aligned, which matmul's n_in % 4 == 0 ensures), or one weight at any position
 // (`weight_at`). A group holds weights for x[32c + lo_offset(g) ..+ 4] in `lo` and for
 // x[32c + hi_offset(g) ..+ 4] in `hi`: Q4 blocks keep weights j and j + 16 in one byte, so a
 // Q4 group is not 8 consecutive weights.
-// Each word of a block is loaded once: on CPU drivers a load whose address differs between
-// invocations costs a dozen instructions per invocation, more than the arithmetic that decodes
-// it. No load reaches past the word holding a block's last byte.
+// Each word of a block is loaded once. No load reaches past the word holding a row's last byte.
 // Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0 (F16 and BF16 also set HALF). Spec: ggml
 // block layouts (notes/model.md §4).
 
@@ -18,13 +23,6 @@ const CHUNK_ELEMS: u32 = 32u;
 struct Group {
     lo: vec4<f32>,
     hi: vec4<f32>,
-}
-
-// The 32 bits starting 2 bytes into word `a` (its high half, then the low half of `b`). Q8_0
-// (34-byte) and Q4_0 (18-byte) blocks are only 2-byte aligned; their words are loaded aligned
-// and recombined with this.
-fn straddle(a: u32, b: u32) -> u32 {
-    return (a >> 16u) | (b << 16u);
 }
 
 // An f16 (the low 16 bits of `h`) as f32, by integer ops: naga only accepts unpack2x16float
@@ -37,15 +35,6 @@ fn f16_to_f32(h: u32) -> f32 {
     var bits = select(((e + 112u) << 23u) | (m << 13u), 0x7f800000u | (m << 13u), e == 31u);
     bits = select(bits, bitcast<u32>(f32(m) * 5.9604645e-8), e == 0u);
     return bitcast<f32>(bits | ((h & 0x8000u) << 16u));
-}
-
-// The f16 at an even byte offset, as f32.
-fn half_at(byte: u32) -> f32 {
-    return f16_to_f32((weight[byte >> 2u] >> ((byte & 2u) * 8u)) & 0xffffu);
-}
-
-fn byte_at(byte: u32) -> u32 {
-    return (weight[byte >> 2u] >> ((byte & 3u) * 8u)) & 0xffu;
 }
 
 // The 4 low nibbles, then the 4 high nibbles, of a word of Q4 codes, as floats 0..15.
@@ -84,8 +73,8 @@ struct Chunk {
     word: u32,
 }
 
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    return Chunk((row_byte >> 2u) + c * 32u);
+fn chunk_at(row: Row, c: u32) -> Chunk {
+    return Chunk((row.byte >> 2u) + c * 32u);
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
@@ -95,8 +84,8 @@ fn group_at(ch: Chunk, g: u32) -> Group {
     return Group(bitcast<vec4<f32>>(lo), bitcast<vec4<f32>>(hi));
 }
 
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    return bitcast<f32>(weight[(row_byte >> 2u) + i]);
+fn weight_at(row: Row, i: u32) -> f32 {
+    return bitcast<f32>(weight[(row.byte >> 2u) + i]);
 }
 #endif
 
@@ -112,8 +101,8 @@ struct Chunk {
     word: u32,
 }
 
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    return Chunk((row_byte >> 2u) + c * 16u);
+fn chunk_at(row: Row, c: u32) -> Chunk {
+    return Chunk((row.byte >> 2u) + c * 16u);
 }
 
 #if F16
@@ -139,17 +128,77 @@ fn group_at(ch: Chunk, g: u32) -> Group {
     return Group(lo, hi);
 }
 
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    let b = row_byte + 2u * i;
+fn weight_at(row: Row, i: u32) -> f32 {
+    let b = row.byte + 2u * i;
     return half_value((weight[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu);
 }
 #endif
 
-// ---- Q8_0: 34 bytes = f16 d, int8 qs[32]; w[i] = d * qs[i]. A block starting at byte p spans
-// words p / 4 .. p / 4 + 8 whether p is 4-byte aligned or not: the chunk loads those 9 once.
+// ---- The quantized formats (flag PACKED): a row's codes as vec4s, then its scales.
+#if PACKED
+alias WeightWord = vec4<u32>;
+const WEIGHT_WORD_BYTES: u32 = 16u;
+
+// Where a row's codes (a vec4 index) and its scales (a word index) start.
+struct Row {
+    qs: u32,
+    scales: u32,
+}
+
+fn word_at(w: u32) -> u32 {
+    return weight[w >> 2u][w & 3u];
+}
+
+// Bytes of one row of n_in weights (n_in a multiple of BLOCK_ELEMS, checked on the host): its
+// codes, its scales, padding to 16 bytes.
+fn row_stride(n_in: u32) -> u32 {
+    let n_blocks = n_in / BLOCK_ELEMS;
+    let scale_words = (n_blocks + BLOCKS_PER_SCALE_WORD - 1u) / BLOCKS_PER_SCALE_WORD;
+    return (n_blocks * QS_VEC4S * 16u + scale_words * 4u + 15u) / 16u * 16u;
+}
+
+fn row_at(o: u32, n_in: u32) -> Row {
+    let start = o * row_stride(n_in);
+    return Row(start / 16u, (start + n_in / BLOCK_ELEMS * QS_VEC4S * 16u) / 4u);
+}
+
+// Byte k of block c's codes.
+fn qs_byte(row: Row, c: u32, k: u32) -> u32 {
+    return (word_at((row.qs + c * QS_VEC4S) * 4u + k / 4u) >> ((k % 4u) * 8u)) & 0xffu;
+}
+
+// Block c's f16 d (Q4_0, Q8_0: two blocks to a scale word).
+fn scale_d(row: Row, c: u32) -> f32 {
+    return f16_to_f32((word_at(row.scales + c / 2u) >> ((c % 2u) * 16u)) & 0xffffu);
+}
+#else
+alias WeightWord = u32;
+const WEIGHT_WORD_BYTES: u32 = 4u;
+
+// Where a row starts, in bytes.
+struct Row {
+    byte: u32,
+}
+
+fn row_stride(n_in: u32) -> u32 {
+    return n_in * BLOCK_BYTES;
+}
+
+fn row_at(o: u32, n_in: u32) -> Row {
+    return Row(o * row_stride(n_in));
+}
+#endif
+
+// Rows of n_in weights the bound buffer holds.
+fn weight_rows(n_in: u32) -> u32 {
+    return arrayLength(&weight) * WEIGHT_WORD_BYTES / row_stride(n_in);
+}
+
+// ---- Q8_0: 34 bytes = f16 d, int8 qs[32]; w[i] = d * qs[i].
 #if Q8_0
 const BLOCK_ELEMS: u32 = 32u;
-const BLOCK_BYTES: u32 = 34u;
+const QS_VEC4S: u32 = 2u;
+const BLOCKS_PER_SCALE_WORD: u32 = 2u;
 const GROUP_STRIDE: u32 = 8u;
 const HI_SKIP: u32 = 4u;
 
@@ -159,28 +208,9 @@ struct Chunk {
     d: f32,
 }
 
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    let p = row_byte + c * BLOCK_BYTES;
-    let j = p >> 2u;
-    let u = array<u32, 9>(
-        weight[j], weight[j + 1u], weight[j + 2u], weight[j + 3u], weight[j + 4u],
-        weight[j + 5u], weight[j + 6u], weight[j + 7u], weight[j + 8u],
-    );
-    // p % 4 == 0: d is the low half of u[0] and each qs word straddles two loaded words;
-    // p % 4 == 2: d is the high half and the qs words are u[1..9].
-    let s = (p & 2u) == 0u;
-    let q_lo = select(
-        vec4<u32>(u[1], u[2], u[3], u[4]),
-        vec4<u32>(straddle(u[0], u[1]), straddle(u[1], u[2]), straddle(u[2], u[3]), straddle(u[3], u[4])),
-        s,
-    );
-    let q_hi = select(
-        vec4<u32>(u[5], u[6], u[7], u[8]),
-        vec4<u32>(straddle(u[4], u[5]), straddle(u[5], u[6]), straddle(u[6], u[7]), straddle(u[7], u[8])),
-        s,
-    );
-    let d = f16_to_f32(select(u[0] >> 16u, u[0] & 0xffffu, s));
-    return Chunk(q_lo, q_hi, d);
+fn chunk_at(row: Row, c: u32) -> Chunk {
+    let q = row.qs + 2u * c;
+    return Chunk(weight[q], weight[q + 1u], scale_d(row, c));
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
@@ -194,18 +224,18 @@ fn group_at(ch: Chunk, g: u32) -> Group {
     return Group(ch.d * signed_bytes(a.x), ch.d * signed_bytes(a.y));
 }
 
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    let b = row_byte + (i / 32u) * BLOCK_BYTES;
-    let q = bitcast<i32>(byte_at(b + 2u + i % 32u) << 24u) >> 24u;
-    return half_at(b) * f32(q);
+fn weight_at(row: Row, i: u32) -> f32 {
+    let c = i / 32u;
+    let q = bitcast<i32>(qs_byte(row, c, i % 32u) << 24u) >> 24u;
+    return scale_d(row, c) * f32(q);
 }
 #endif
 
-// ---- Q4_0: 18 bytes = f16 d, qs[16]; w = d * (nibble - 8), computed as d * nibble + (-8 d). A
-// block starting at byte p spans words p / 4 .. p / 4 + 4: the chunk loads those 5 once.
+// ---- Q4_0: 18 bytes = f16 d, qs[16]; w = d * (nibble - 8), computed as d * nibble + (-8 d).
 #if Q4_0
 const BLOCK_ELEMS: u32 = 32u;
-const BLOCK_BYTES: u32 = 18u;
+const QS_VEC4S: u32 = 1u;
+const BLOCKS_PER_SCALE_WORD: u32 = 2u;
 const GROUP_STRIDE: u32 = 4u;
 const HI_SKIP: u32 = 16u;
 
@@ -215,19 +245,9 @@ struct Chunk {
     m: f32,
 }
 
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    let p = row_byte + c * BLOCK_BYTES;
-    let j = p >> 2u;
-    let u = array<u32, 5>(weight[j], weight[j + 1u], weight[j + 2u], weight[j + 3u], weight[j + 4u]);
-    // As for Q8_0: p % 4 == 0 puts d in the low half of u[0] and makes the qs words straddle.
-    let s = (p & 2u) == 0u;
-    let q = select(
-        vec4<u32>(u[1], u[2], u[3], u[4]),
-        vec4<u32>(straddle(u[0], u[1]), straddle(u[1], u[2]), straddle(u[2], u[3]), straddle(u[3], u[4])),
-        s,
-    );
-    let d = f16_to_f32(select(u[0] >> 16u, u[0] & 0xffffu, s));
-    return Chunk(q, d, -8.0 * d);
+fn chunk_at(row: Row, c: u32) -> Chunk {
+    let d = scale_d(row, c);
+    return Chunk(weight[row.qs + c], d, -8.0 * d);
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
@@ -237,50 +257,45 @@ fn group_at(ch: Chunk, g: u32) -> Group {
     return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
 }
 
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    let b = row_byte + (i / 32u) * BLOCK_BYTES;
+fn weight_at(row: Row, i: u32) -> f32 {
+    let c = i / 32u;
     let j = i % 32u;
-    let q = (byte_at(b + 2u + j % 16u) >> (4u * (j / 16u))) & 15u;
-    return half_at(b) * (f32(q) - 8.0);
+    let q = (qs_byte(row, c, j % 16u) >> (4u * (j / 16u))) & 15u;
+    return scale_d(row, c) * (f32(q) - 8.0);
 }
 #endif
 
-// ---- Q4_1: 20 bytes = f16 d, f16 m, qs[16]; w = d * nibble + m. Always 4-byte aligned.
+// ---- Q4_1: 20 bytes = f16 d, f16 m, qs[16]; w = d * nibble + m. The scale word is d | m << 16.
 #if Q4_1
 const BLOCK_ELEMS: u32 = 32u;
-const BLOCK_BYTES: u32 = 20u;
+const QS_VEC4S: u32 = 1u;
+const BLOCKS_PER_SCALE_WORD: u32 = 1u;
 const GROUP_STRIDE: u32 = 4u;
 const HI_SKIP: u32 = 16u;
 
 struct Chunk {
-    qs_word: u32,
+    q: vec4<u32>, // qs[0..16] as 4 words
     d: f32,
     m: f32,
 }
 
-fn chunk_at(row_byte: u32, c: u32) -> Chunk {
-    let i = (row_byte >> 2u) + c * 5u;
-    let dm = weight[i];
-    return Chunk(i + 1u, f16_to_f32(dm & 0xffffu), f16_to_f32(dm >> 16u));
+fn chunk_at(row: Row, c: u32) -> Chunk {
+    let dm = word_at(row.scales + c);
+    return Chunk(weight[row.qs + c], f16_to_f32(dm & 0xffffu), f16_to_f32(dm >> 16u));
 }
 
 fn group_at(ch: Chunk, g: u32) -> Group {
-    let q = weight[ch.qs_word + g];
+    let q = ch.q[g];
     let d = vec4<f32>(ch.d);
     let m = vec4<f32>(ch.m);
     return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
 }
 
-fn weight_at(row_byte: u32, i: u32) -> f32 {
-    let b = row_byte + (i / 32u) * BLOCK_BYTES;
+fn weight_at(row: Row, i: u32) -> f32 {
+    let c = i / 32u;
     let j = i % 32u;
-    let q = (byte_at(b + 4u + j % 16u) >> (4u * (j / 16u))) & 15u;
-    let dm = weight[b >> 2u];
+    let q = (qs_byte(row, c, j % 16u) >> (4u * (j / 16u))) & 15u;
+    let dm = word_at(row.scales + c);
     return f16_to_f32(dm & 0xffffu) * f32(q) + f16_to_f32(dm >> 16u);
 }
 #endif
-
-// Bytes of one row of n_in weights (n_in a multiple of BLOCK_ELEMS, checked on the host).
-fn row_bytes(n_in: u32) -> u32 {
-    return n_in / BLOCK_ELEMS * BLOCK_BYTES;
-}

@@ -1,5 +1,6 @@
 //! matmul: `out[r, o] (+)= sum_i x[r, i] * W[o, i]` for a weight matrix `W [n_out, n_in]` kept
-//! on the GPU as the raw bytes of its ggml blocks and decoded inside the shader.
+//! on the GPU in its ggml blocks (quantized ones with each row's codes and scales apart, so
+//! that codes load as aligned vec4s: [`pack_rows`]) and decoded inside the shader.
 //!
 //! Two kernels per weight format: `vec` for decoding (one or a few rows) and `tile` for prefill
 //! (each decoded weight reused for 4 rows of x). Both can RMS-normalise x first, which is how the
@@ -84,9 +85,9 @@ impl WeightFormat {
             // The two 2-byte formats share their decoding but for the last step (HALF).
             WeightFormat::F16 => &["F16", "HALF"],
             WeightFormat::BF16 => &["BF16", "HALF"],
-            WeightFormat::Q4_0 => &["Q4_0"],
-            WeightFormat::Q4_1 => &["Q4_1"],
-            WeightFormat::Q8_0 => &["Q8_0"],
+            WeightFormat::Q4_0 => &["Q4_0", "PACKED"],
+            WeightFormat::Q4_1 => &["Q4_1", "PACKED"],
+            WeightFormat::Q8_0 => &["Q8_0", "PACKED"],
         }
     }
 
@@ -97,6 +98,34 @@ impl WeightFormat {
             return None;
         }
         (n_elems / self.block_elems()).checked_mul(self.block_bytes())
+    }
+
+    /// Bytes of a row of `n_elems` weights as [`upload_weight`] lays it out on the GPU: the ggml
+    /// bytes for the float formats; for the quantized ones the blocks' codes, then their scales
+    /// (see [`pack_rows`]), padded to 16 bytes. `None` where `n_elems` is not whole blocks or
+    /// the size overflows.
+    pub fn gpu_row_bytes(self, n_elems: usize) -> Option<usize> {
+        let raw = self.row_bytes(n_elems)?;
+        let Some((qs, scale_bytes)) = self.packing() else {
+            return Some(raw);
+        };
+        let n_blocks = n_elems / self.block_elems();
+        let scales = n_blocks.checked_mul(scale_bytes)?.next_multiple_of(4);
+        n_blocks
+            .checked_mul(qs)?
+            .checked_add(scales)?
+            .checked_next_multiple_of(16)
+    }
+
+    /// Bytes of a block's codes and of its scales in the GPU layout of a quantized format
+    /// (`None` for the float formats, kept as they are).
+    fn packing(self) -> Option<(usize, usize)> {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => None,
+            WeightFormat::Q4_0 => Some((16, 2)),
+            WeightFormat::Q4_1 => Some((16, 4)),
+            WeightFormat::Q8_0 => Some((32, 2)),
+        }
     }
 
     /// The same layout as a ggml type, for the CPU decoders of `model::quant`.
@@ -130,13 +159,14 @@ pub enum MatmulError {
         block_elems: usize,
     },
     #[error(
-        "weight `{what}`: {n_bytes} bytes are not whole {format} blocks of {block_bytes} bytes"
+        "weight `{what}`: {n_bytes} bytes are not whole {format} rows of {n_in} values ({row_bytes} bytes)"
     )]
-    NotWholeBlocks {
+    NotWholeRows {
         what: String,
         format: WeightFormat,
+        n_in: usize,
         n_bytes: usize,
-        block_bytes: usize,
+        row_bytes: usize,
     },
     #[error("weight `{what}`: a [{n_out}, {n_in}] {format} matrix takes {expected_bytes} bytes, {n_bytes} given")]
     WeightBytes {
@@ -222,8 +252,8 @@ pub fn check_weight(
     Ok(())
 }
 
-/// Bytes of a `[n_out, n_in]` matrix of `format` (`None` on overflow), or the error for an
-/// `n_in` that is not a whole number of blocks.
+/// Bytes of a `[n_out, n_in]` matrix of `format` in its ggml blocks (`None` on overflow), or
+/// the error for an `n_in` that is not a whole number of blocks.
 fn weight_bytes(
     what: &str,
     format: WeightFormat,
@@ -241,46 +271,93 @@ fn weight_bytes(
     Ok(row_bytes.checked_mul(n_out))
 }
 
-/// The size of the buffer [`upload_weight`] makes for `n_bytes` bytes of blocks: zero-padded to
-/// whole 32-bit words (the shader reads `array<u32>`), and never empty.
-fn padded_weight_bytes(n_bytes: usize) -> u64 {
-    n_bytes.max(4).next_multiple_of(4) as u64
-}
-
-/// The size of the buffer [`upload_weight`] makes for a `[n_out, n_in]` matrix of `format`, for
-/// kernels besides the matmul that read one; `None` where `n_in` is not a whole number of blocks
-/// or the size overflows.
+/// The size of the buffer [`upload_weight`] makes for a `[n_out, n_in]` matrix of `format`:
+/// [`WeightFormat::gpu_row_bytes`] per row, zero-padded to whole 32-bit words (float formats:
+/// the shader reads `array<u32>`), and never empty; `None` where `n_in` is not a whole number
+/// of blocks or the size overflows.
 pub fn weight_buffer_bytes(format: WeightFormat, n_in: usize, n_out: usize) -> Option<u64> {
-    let bytes = weight_bytes("", format, n_in, n_out).ok().flatten()?;
-    Some(padded_weight_bytes(bytes))
+    let bytes = format.gpu_row_bytes(n_in)?.checked_mul(n_out)?;
+    Some(bytes.max(4).next_multiple_of(4) as u64)
 }
 
-/// Uploads the raw ggml blocks of a weight matrix `[n_out, n_in]` (ggml `ne = [n_in, n_out]`),
-/// exactly as stored in the GGUF, padded as [`padded_weight_bytes`] says. `bytes` must be whole
-/// blocks of `format`; dispatches check the buffer's size against the shape they are given.
+/// The GPU layout of the ggml rows `raw` (rows of `n_in` weights of a quantized `format`, whole
+/// rows): each row's blocks' codes in block order (16 bytes of nibbles, or 32 int8), then
+/// their scales (Q4_1: the block's first word, f16 d and f16 m; Q4_0 and Q8_0: f16 d, two
+/// blocks to a word), zero-padded to [`WeightFormat::gpu_row_bytes`], so that the shader
+/// loads a block's codes as aligned vec4s (common/quant.wgsl). The float formats are returned
+/// as they are.
+pub fn pack_rows(format: WeightFormat, n_in: usize, raw: &[u8]) -> Vec<u8> {
+    let (Some((qs, scale_bytes)), Some(row_bytes), Some(stride)) = (
+        format.packing(),
+        format.row_bytes(n_in),
+        format.gpu_row_bytes(n_in),
+    ) else {
+        return raw.to_vec();
+    };
+    if row_bytes == 0 {
+        return Vec::new();
+    }
+    let block = format.block_bytes();
+    let n_blocks = n_in / format.block_elems();
+    let mut packed = vec![0u8; raw.len() / row_bytes * stride];
+    for (row, out) in raw
+        .chunks_exact(row_bytes)
+        .zip(packed.chunks_exact_mut(stride))
+    {
+        let (codes, scales) = out.split_at_mut(n_blocks * qs);
+        for (b, block) in row.chunks_exact(block).enumerate() {
+            // A block is its scales (d, and m for Q4_1), then its codes.
+            let (scale, code) = block.split_at(block.len() - qs);
+            codes[b * qs..][..qs].copy_from_slice(code);
+            scales[b * scale_bytes..][..scale_bytes].copy_from_slice(scale);
+        }
+    }
+    packed
+}
+
+/// Uploads a weight matrix `[n_out, n_in]` (ggml `ne = [n_in, n_out]`) given as the ggml blocks
+/// of the GGUF, `bytes`, in the GPU layout of [`pack_rows`], sized as [`weight_buffer_bytes`]
+/// says. `bytes` must be whole rows of `n_in` weights of `format`; dispatches check the
+/// buffer's size against the shape they are given.
 pub fn upload_weight(
     gpu: &Gpu,
     what: &str,
     format: WeightFormat,
+    n_in: usize,
     bytes: &[u8],
 ) -> Result<TrackedBuffer, MatmulError> {
-    if !bytes.len().is_multiple_of(format.block_bytes()) {
-        return Err(MatmulError::NotWholeBlocks {
+    let row_bytes = format
+        .row_bytes(n_in)
+        .ok_or_else(|| MatmulError::NotBlockMultiple {
             what: what.to_string(),
             format,
+            n_in,
+            block_elems: format.block_elems(),
+        })?;
+    if !bytes.len().is_multiple_of(row_bytes.max(1)) {
+        return Err(MatmulError::NotWholeRows {
+            what: what.to_string(),
+            format,
+            n_in,
             n_bytes: bytes.len(),
-            block_bytes: format.block_bytes(),
+            row_bytes,
         });
     }
-    let buffer = gpu.storage(what, padded_weight_bytes(bytes.len()))?;
-    // write_buffer needs a multiple of 4 bytes; the rest of the buffer is zero from creation.
-    let whole = bytes.len() / 4 * 4;
-    gpu.queue.write_buffer(&buffer, 0, &bytes[..whole]);
-    if whole < bytes.len() {
-        let mut tail = [0u8; 4];
-        tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-        gpu.queue.write_buffer(&buffer, whole as u64, &tail);
-    }
+    let n_out = bytes.len() / row_bytes.max(1);
+    let size =
+        weight_buffer_bytes(format, n_in, n_out).ok_or_else(|| MatmulError::WeightBytes {
+            what: what.to_string(),
+            format,
+            n_out,
+            n_in,
+            expected_bytes: usize::MAX,
+            n_bytes: bytes.len(),
+        })?;
+    let mut packed = pack_rows(format, n_in, bytes);
+    // write_buffer needs a multiple of 4 bytes; the buffer's padding is zero.
+    packed.resize(size as usize, 0);
+    let buffer = gpu.storage(what, size)?;
+    gpu.queue.write_buffer(&buffer, 0, &packed);
     Ok(buffer)
 }
 
@@ -817,8 +894,9 @@ impl Matmul {
         } = shape;
         let format = self.variant.format;
         let weight_rows = n_out * self.variant.epilogue.weight_rows_per_output();
-        let expected = weight_bytes(&variant, format, n_in as usize, weight_rows as usize)?
-            .map(padded_weight_bytes);
+        // The error for an n_in of part of a block, then the GPU layout's size.
+        weight_bytes(&variant, format, n_in as usize, weight_rows as usize)?;
+        let expected = weight_buffer_bytes(format, n_in as usize, weight_rows as usize);
         if expected != Some(weight.size()) {
             return Err(MatmulError::WeightBuffer {
                 variant,

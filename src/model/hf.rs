@@ -488,6 +488,7 @@ impl GpuModel {
                         .collect::<Vec<_>>()
                         .join("+"),
                     format,
+                    n_in,
                     &bytes,
                 )?,
                 format,

@@ -19,6 +19,15 @@ pub struct Weight {
     pub n_out: u32,
 }
 
+impl Weight {
+    /// Bytes of `rows` of its rows' ggml blocks: what a matmul reading them loads (the GPU
+    /// layout's padding of each row to 16 bytes is never read).
+    fn bytes_read(&self, rows: u32) -> u64 {
+        let row = self.format.row_bytes(self.n_in as usize).unwrap_or(0);
+        row as u64 * u64::from(rows)
+    }
+}
+
 /// One block's tensors.
 pub struct LayerWeights {
     pub attn_norm: TrackedBuffer, // [dim] f32
@@ -83,10 +92,11 @@ impl GpuModel {
                 bytes.extend_from_slice(gguf.tensor_data(info));
             }
             let n_out: u64 = infos.iter().map(|i| i.n_rows()).sum();
+            let n_in = infos[0].dims[0] as usize;
             Ok(Weight {
-                buffer: upload_weight(&gpu, &names.join("+"), format, &bytes)?,
+                buffer: upload_weight(&gpu, &names.join("+"), format, n_in, &bytes)?,
                 format,
-                n_in: infos[0].dims[0] as u32,
+                n_in: n_in as u32,
                 n_out: n_out as u32,
             })
         };
@@ -195,14 +205,16 @@ impl GpuModel {
             .map(|l| {
                 [&l.w_qkv, &l.wo, &l.w_gate_up, &l.w_down]
                     .iter()
-                    .map(|w| w.buffer.size())
+                    .map(|w| w.bytes_read(w.n_out))
                     .sum::<u64>()
                     + l.attn_norm.size()
                     + l.ffn_norm.size()
             })
             .sum();
-        let embed = &self.token_embd;
-        let embed_row = embed.buffer.size() / u64::from(embed.n_out);
-        layers + self.output_norm.size() + self.head().buffer.size() + embed_row
+        let head = self.head();
+        layers
+            + self.output_norm.size()
+            + head.bytes_read(head.n_out)
+            + self.token_embd.bytes_read(1)
     }
 }

@@ -217,7 +217,8 @@ impl Case {
         };
         let (dispatch, residual) = match (variant.projection(), projection) {
             (Some(output), Some(weight)) => {
-                let weight = upload_weight(gpu, "wo", output.format, weight).unwrap();
+                let q_dim = self.n_heads * self.head_dim;
+                let weight = upload_weight(gpu, "wo", output.format, q_dim, weight).unwrap();
                 // The step's rows hold a value no kernel computes, the parts NaN.
                 let n_stream = self.n_rows * output.dim as usize;
                 let mut held = vec![UNTOUCHED; n_stream];
@@ -880,9 +881,9 @@ async fn attention_rejects_bad_shapes(gpu: &Gpu) {
         "{err}"
     );
     let projecting = Attention::row_projecting(gpu, 64, output).unwrap();
-    let w_bytes = q8_0.row_bytes(9 * 64).unwrap() * 40;
-    let weight = upload_weight(gpu, "wo", q8_0, &vec![0; w_bytes]).unwrap();
-    let short = upload_weight(gpu, "wo", q8_0, &vec![0; w_bytes - 34]).unwrap();
+    let row_bytes = q8_0.row_bytes(9 * 64).unwrap();
+    let weight = upload_weight(gpu, "wo", q8_0, 9 * 64, &vec![0; row_bytes * 40]).unwrap();
+    let short = upload_weight(gpu, "wo", q8_0, 9 * 64, &vec![0; row_bytes * 39]).unwrap();
     let stream_bytes = (1 + 9) * 2 * 40 * 4;
     let residual = gpu.storage("residual", stream_bytes).unwrap();
     let cut = gpu.storage("residual", stream_bytes - 4).unwrap();

@@ -197,7 +197,8 @@ async fn merge_projecting_gpu(
     let mut held = vec![UNTOUCHED; n_stream];
     held.resize((1 + params.n_heads as usize) * n_stream, f32::NAN);
     let residual = storage("residual", &held);
-    let weight = upload_weight(gpu, "wo", output.format, weight).unwrap();
+    let q_dim = (params.n_heads * params.head_dim) as usize;
+    let weight = upload_weight(gpu, "wo", output.format, q_dim, weight).unwrap();
     let buffers = Buffers {
         parts: &parts,
         parts_lse: &parts_lse,
@@ -336,6 +337,7 @@ async fn merge_rejects_bad_shapes(gpu: &Gpu) {
         gpu,
         "wo",
         output.format,
+        96,
         &quantize(output.format.ggml_type(), &w),
     )
     .unwrap();

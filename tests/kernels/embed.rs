@@ -27,7 +27,7 @@ async fn check(
         format.ggml_type(),
         &random_vec(&mut rng, vocab_size * dim, 1.0),
     );
-    let table_buf = upload_weight(gpu, "table", format, &table).unwrap();
+    let table_buf = upload_weight(gpu, "table", format, dim, &table).unwrap();
     let tokens_buf = gpu
         .storage_with("tokens", bytemuck::cast_slice(tokens))
         .unwrap();
@@ -112,7 +112,7 @@ gpu_test!(embed_rejects_bad_shapes_with_typed_errors);
 async fn embed_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let format = WeightFormat::Q8_0;
     let kernel = Embed::new(gpu, format).unwrap();
-    let table = upload_weight(gpu, "table", format, &[0; 34]).unwrap();
+    let table = upload_weight(gpu, "table", format, 32, &[0; 34]).unwrap();
     let tokens = gpu.storage("tokens", 8).unwrap();
     let out = gpu.storage("out", 2 * 32 * 4).unwrap();
     let (arena, slot) = arena_with(gpu, &Params::new(2, 32));

@@ -167,8 +167,8 @@ async fn check_shape(gpu: &Gpu, kernels: &[Matmul], n_rows: usize, n_in: usize, 
     // The first n_out rows of the stacked weight serve the plain epilogues.
     let row_bytes = format.row_bytes(n_in).unwrap();
     let plain_bytes = &stacked_bytes[..n_out * row_bytes];
-    let plain = upload_weight(gpu, "weight", format, plain_bytes).unwrap();
-    let stacked = upload_weight(gpu, "gate_up", format, &stacked_bytes).unwrap();
+    let plain = upload_weight(gpu, "weight", format, n_in, plain_bytes).unwrap();
+    let stacked = upload_weight(gpu, "gate_up", format, n_in, &stacked_bytes).unwrap();
     let gamma = gpu
         .storage_with("gamma", bytemuck::cast_slice(&problem.gamma))
         .unwrap();
@@ -396,7 +396,7 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
             let seed = (n_rows * 1009 + n_in) as u64;
             let mut rng = rng(seed);
             let stacked_bytes = random_weight(seed, format, n_in, 2 * n_out);
-            let stacked = upload_weight(gpu, "gate_up", format, &stacked_bytes).unwrap();
+            let stacked = upload_weight(gpu, "gate_up", format, n_in, &stacked_bytes).unwrap();
             let gamma = random_vec(&mut rng, n_in, 1.5);
             let gamma_buf = gpu
                 .storage_with("gamma", bytemuck::cast_slice(&gamma))
@@ -442,7 +442,7 @@ async fn matmul_sums_the_streams_parts(gpu: &Gpu) {
             // The down projection into the stream, its parts after it.
             let row_bytes = format.row_bytes(n_in).unwrap();
             let plain_bytes = &stacked_bytes[..n_out * row_bytes];
-            let plain = upload_weight(gpu, "down", format, plain_bytes).unwrap();
+            let plain = upload_weight(gpu, "down", format, n_in, plain_bytes).unwrap();
             let act = random_vec(&mut rng, n_rows * n_in, 1.0);
             let out_held = random_vec(&mut rng, (1 + n_parts) * n_rows * n_out, 1.0);
             let mut want = sum_parts_cpu(&out_held, n_parts);
@@ -492,7 +492,7 @@ async fn matmul_parts_reject_buffers_that_cannot_hold_them(gpu: &Gpu) {
     let (n_in, n_out) = (64u32, 3u32);
     let weight = |n_in, n_out| {
         let bytes = random_weight(3, format, n_in as usize, n_out as usize);
-        upload_weight(gpu, "w", format, &bytes).unwrap()
+        upload_weight(gpu, "w", format, n_in as usize, &bytes).unwrap()
     };
     let stacked = weight(n_in, 2 * n_out);
     let plain = weight(n_in, n_out);
@@ -576,18 +576,25 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         "{e:?}"
     );
     check_weight("w", format, 64, 3, 120).unwrap();
-    let e = upload_weight(gpu, "cut", format, &[0; 30])
+    let e = upload_weight(gpu, "cut", format, 64, &[0; 60])
         .err()
-        .expect("half a block is rejected");
+        .expect("a row and a half is rejected");
     assert!(
         matches!(
             e,
-            MatmulError::NotWholeBlocks {
-                n_bytes: 30,
-                block_bytes: 20,
+            MatmulError::NotWholeRows {
+                n_bytes: 60,
+                row_bytes: 40,
                 ..
             }
         ),
+        "{e:?}"
+    );
+    let e = upload_weight(gpu, "part", format, 48, &[0; 40])
+        .err()
+        .expect("rows of part of a block are rejected");
+    assert!(
+        matches!(e, MatmulError::NotBlockMultiple { n_in: 48, .. }),
         "{e:?}"
     );
 
@@ -601,9 +608,9 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     let new =
         |kind, prologue, epilogue| Matmul::new(gpu, format, kind, prologue, epilogue).unwrap();
     let tile = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Store);
-    let short = upload_weight(gpu, "short", format, &random_weight(1, format, 64, 2)).unwrap();
+    let short = upload_weight(gpu, "short", format, 64, &random_weight(1, format, 64, 2)).unwrap();
     let q8_0 = WeightFormat::Q8_0;
-    let other = upload_weight(gpu, "q8_0", q8_0, &random_weight(1, q8_0, 64, 3)).unwrap();
+    let other = upload_weight(gpu, "q8_0", q8_0, 64, &random_weight(1, q8_0, 64, 3)).unwrap();
     for weight in [&short, &other] {
         let e = tile
             .dispatch(gpu, arena.binding(slot), raw(weight, &x), &out, shape)
@@ -612,10 +619,11 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
         assert!(
             matches!(
                 e,
+                // 3 rows of 2 blocks' codes (32 bytes) and scales (8), padded to 16 bytes.
                 MatmulError::WeightBuffer {
                     n_out: 3,
                     n_in: 64,
-                    expected_bytes: 120,
+                    expected_bytes: 144,
                     ..
                 }
             ),
@@ -626,7 +634,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
 
     // A split kernel given one output, and a split that leaves unequal k and v.
     let split = new(MatmulKind::Tile, Prologue::Raw, Epilogue::Split);
-    let weight = upload_weight(gpu, "w", format, &random_weight(1, format, 64, 3)).unwrap();
+    let weight = upload_weight(gpu, "w", format, 64, &random_weight(1, format, 64, 3)).unwrap();
     let e = split
         .dispatch(gpu, arena.binding(slot), raw(&weight, &x), &out, shape)
         .err()
@@ -676,7 +684,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
             e,
             MatmulError::WeightBuffer {
                 n_out: 6,
-                expected_bytes: 240,
+                expected_bytes: 288,
                 ..
             }
         ),
@@ -786,7 +794,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     );
 
     // Caches too small for their capacity, and too few slots for the rows.
-    let w9 = upload_weight(gpu, "w9", format, &random_weight(1, format, 64, 9)).unwrap();
+    let w9 = upload_weight(gpu, "w9", format, 64, &random_weight(1, format, 64, 9)).unwrap();
     let qkv = Params::split_qkv(n_rows, n_in, 3, 3, 4);
     let big = gpu.storage("big", 4 * 3 * 4).unwrap();
     let one = gpu.storage("one slot", 4).unwrap();
@@ -809,7 +817,7 @@ async fn matmul_rejects_bad_shapes_with_typed_errors(gpu: &Gpu) {
     }
 
     // Float weights are whole blocks at any n_in, but the kernels read x as vec4.
-    let f32_weight = upload_weight(gpu, "f32", WeightFormat::F32, &[0; 3 * 7 * 4]).unwrap();
+    let f32_weight = upload_weight(gpu, "f32", WeightFormat::F32, 7, &[0; 3 * 7 * 4]).unwrap();
     let f32_tile = Matmul::new(
         gpu,
         WeightFormat::F32,
