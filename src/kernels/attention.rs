@@ -682,16 +682,9 @@ impl Attention {
             buffers.out.as_entire_binding(),
             buffers.lse.as_entire_binding(),
         ];
-        // A projection given to a variant without one (or none to one with) leaves the bind
-        // group a binding short or over: `Kernel::bind` names the kernel and both counts.
-        if let (Some(output), Some(projection)) = (self.variant.projection(), projection) {
-            let shape = (params.n_rows, params.n_heads, params.head_dim);
-            check_projection("attention", output, shape, projection)?;
-        }
-        if let Some(projection) = projection {
-            bindings.push(projection.weight.as_entire_binding());
-            bindings.push(projection.residual.as_entire_binding());
-        }
+        let shape = (params.n_rows, params.n_heads, params.head_dim);
+        let output = self.variant.projection();
+        bind_projection("attention", output, projection, shape, &mut bindings)?;
         Ok(Dispatch {
             kernel: self.kernel.clone(),
             bind_group: self.kernel.bind(gpu, &bindings)?,
@@ -700,9 +693,30 @@ impl Attention {
     }
 }
 
+/// Appends `projection`'s bindings (W_o, the residual buffer) to `bindings`, checked against
+/// the variant's `output` and `shape` where both are there. A projection given to a variant
+/// without one (or none to one with) leaves the bind group a binding over or short:
+/// `Kernel::bind` names the kernel and both counts.
+pub(super) fn bind_projection<'a>(
+    kernel: &'static str,
+    output: Option<Projection>,
+    projection: Option<&'a ProjectionBuffers>,
+    shape: (u32, u32, u32),
+    bindings: &mut Vec<wgpu::BindingResource<'a>>,
+) -> Result<(), AttentionError> {
+    if let (Some(output), Some(projection)) = (output, projection) {
+        check_projection(kernel, output, shape, projection)?;
+    }
+    if let Some(projection) = projection {
+        bindings.push(projection.weight.as_entire_binding());
+        bindings.push(projection.residual.as_entire_binding());
+    }
+    Ok(())
+}
+
 /// Fails unless `projection` holds W_o of `output`'s shape for the `(n_rows, n_heads, head_dim)`
 /// of `shape` and room for the heads' parts of the rows after them.
-pub(super) fn check_projection(
+fn check_projection(
     kernel: &'static str,
     output: Projection,
     (n_rows, n_heads, head_dim): (u32, u32, u32),

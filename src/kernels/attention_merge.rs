@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{
-    check_projection, check_size, AttentionError, Projection, ProjectionBuffers, EMPTY_LSE,
+    bind_projection, check_size, AttentionError, Projection, ProjectionBuffers, EMPTY_LSE,
 };
 use super::matmul::WeightFormat;
 use super::shader_source;
@@ -258,16 +258,9 @@ impl AttentionMerge {
             buffers.out.as_entire_binding(),
             buffers.out_lse.as_entire_binding(),
         ];
-        // A projection given to the pairs form (or none to the projecting one) leaves the bind
-        // group a binding over or short: `Kernel::bind` names the kernel and both counts.
-        if let (Some(output), Some(projection)) = (self.variant.projection(), projection) {
-            let shape = (params.n_rows, params.n_heads, params.head_dim);
-            check_projection("attention_merge", output, shape, projection)?;
-        }
-        if let Some(projection) = projection {
-            bindings.push(projection.weight.as_entire_binding());
-            bindings.push(projection.residual.as_entire_binding());
-        }
+        let shape = (params.n_rows, params.n_heads, params.head_dim);
+        let output = self.variant.projection();
+        bind_projection("attention_merge", output, projection, shape, &mut bindings)?;
         Ok(Dispatch {
             kernel: self.kernel.clone(),
             bind_group: self.kernel.bind(gpu, &bindings)?,
