@@ -326,14 +326,8 @@ pub fn upload_weight(
     n_in: usize,
     bytes: &[u8],
 ) -> Result<TrackedBuffer, MatmulError> {
-    let row_bytes = format
-        .row_bytes(n_in)
-        .ok_or_else(|| MatmulError::NotBlockMultiple {
-            what: what.to_string(),
-            format,
-            n_in,
-            block_elems: format.block_elems(),
-        })?;
+    // One row cannot overflow: `None` is only for the sizes of many.
+    let row_bytes = weight_bytes(what, format, n_in, 1)?.unwrap_or(usize::MAX);
     if !bytes.len().is_multiple_of(row_bytes.max(1)) {
         return Err(MatmulError::NotWholeRows {
             what: what.to_string(),
