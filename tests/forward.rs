@@ -216,6 +216,12 @@ fn split_decode_attention_matches_the_cpu_reference() {
     assert!(split.projects_in_attention());
     assert_eq!(whole.step_dispatches(), 1 + 4 * tiny.n_layers + 2);
     assert_eq!(split.step_dispatches(), 1 + 5 * tiny.n_layers + 2);
+    // The merges' two pipelines (pairs, projecting) are built only where a walk can split: not
+    // on the same device with a cache too short for two parts.
+    let pipelines = |session: &Session| session.model().gpu().n_pipelines();
+    let short = check_on(device(64), &projecting, 200, 64, 4, 256);
+    assert_eq!(pipelines(&whole), pipelines(&short));
+    assert_eq!(pipelines(&split), pipelines(&whole) + 2);
 }
 
 #[test]

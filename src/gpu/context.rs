@@ -300,6 +300,12 @@ impl Gpu {
         self.allocated.count.load(Ordering::Relaxed)
     }
 
+    /// Pipelines built so far (each variant once: [`Gpu::kernel`] caches them), the start-up
+    /// work a CPU driver pays most for.
+    pub fn n_pipelines(&self) -> usize {
+        self.pipelines.lock().map_or(0, |cache| cache.len())
+    }
+
     /// Runs `create` inside validation and out-of-memory error scopes and turns what they
     /// catch into `GpuError::Create` naming `what`.
     #[cfg(not(target_arch = "wasm32"))]

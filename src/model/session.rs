@@ -123,12 +123,18 @@ enum Target<'a> {
     Cache(CacheOutputs<'a>),
 }
 
+/// A split decode walk: the row form writing its parts to `split_att`, and their merge into
+/// `att`.
+struct SplitDispatch {
+    row: Dispatch,
+    merge: Dispatch,
+}
+
 /// The decode (row) and prefill (tiled) forms of one attention.
 struct AttentionDispatch {
     row: Dispatch,
-    /// The row form writing parts of a split walk to `split_att`, and their merge into `att`.
-    row_split: Dispatch,
-    merge: Dispatch,
+    /// Where the device splits a long decode walk at this session's capacity (decode_parts).
+    split: Option<SplitDispatch>,
     tile: Dispatch,
     row_variant: attention::Variant,
     tile_variant: attention::Variant,
@@ -142,8 +148,8 @@ struct AttentionDispatch {
 struct ProjectedDecode {
     attention: Dispatch,
     /// The merge of a split walk's parts (`split_att`) with each head's share of the output
-    /// projection after it.
-    merge: Dispatch,
+    /// projection after it, where the session splits (as [`AttentionDispatch::split`]).
+    merge: Option<Dispatch>,
     gate_up: Dispatch,
     down: Dispatch,
 }
@@ -347,7 +353,11 @@ impl Session {
             (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
         let attention_row = Attention::row(&gpu, head_dim)?;
         let attention_tile = Attention::tile(&gpu, head_dim, n_heads, n_kv_heads)?;
-        let attention_merge = AttentionMerge::new(&gpu)?;
+        // A session whose capacity never lets the device split a decode walk (decode_parts grows
+        // with the slots walked: a CPU adapter's few cores, or a short cache) builds no split
+        // dispatches and no merge pipelines.
+        let split_walks = attention::decode_parts(cap as u32, n_heads, gpu.decode_workgroups) > 1;
+        let attention_merge = split_walks.then(|| AttentionMerge::new(&gpu)).transpose()?;
         // One set of maps (a chunk's rows over every key) for all the MTA layers.
         let mta_parts = if n_mta > 0 {
             let shape = MtaShape {
@@ -512,14 +522,18 @@ impl Session {
                                 &buffers,
                                 &projection,
                             )?;
-                        let merge = AttentionMerge::projecting(&gpu, head_dim, output)?
-                            .dispatch_projecting(
-                                &gpu,
-                                arena.binding(p.split_merge),
-                                &merge_bound,
-                                &split_merge_buffers,
-                                &projection,
-                            )?;
+                        let merge = split_walks
+                            .then(|| {
+                                AttentionMerge::projecting(&gpu, head_dim, output)?
+                                    .dispatch_projecting(
+                                        &gpu,
+                                        arena.binding(p.split_merge),
+                                        &merge_bound,
+                                        &split_merge_buffers,
+                                        &projection,
+                                    )
+                            })
+                            .transpose()?;
                         let decode = |slot, weight: &Weight, x, gamma, out, prologue, epilogue| {
                             let kernel =
                                 Matmul::new(&gpu, weight.format, decode_kind, prologue, epilogue)?;
@@ -584,15 +598,23 @@ impl Session {
                             lse: &b.split_lse,
                             ..buffers
                         };
+                        let split = attention_merge
+                            .as_ref()
+                            .map(|merge| -> Result<SplitDispatch> {
+                                Ok(SplitDispatch {
+                                    row: dispatch(&attention_row, &split_bound, &split_buffers)?,
+                                    merge: merge.dispatch(
+                                        &gpu,
+                                        arena.binding(p.split_merge),
+                                        &merge_bound,
+                                        &split_merge_buffers,
+                                    )?,
+                                })
+                            })
+                            .transpose()?;
                         AttentionDispatch {
                             row: dispatch(&attention_row, &attention_bound, &buffers)?,
-                            row_split: dispatch(&attention_row, &split_bound, &split_buffers)?,
-                            merge: attention_merge.dispatch(
-                                &gpu,
-                                arena.binding(p.split_merge),
-                                &merge_bound,
-                                &split_merge_buffers,
-                            )?,
+                            split,
                             tile: dispatch(&attention_tile, &attention_bound, &buffers)?,
                             row_variant: attention_row.variant(),
                             tile_variant: attention_tile.variant(),
@@ -1365,9 +1387,13 @@ impl Session {
         let rows = n_rows as u32;
         let (n_sink, window) = self.slots.kernel_window();
         let n_slots = self.slots.scan_len() as u32;
-        // Only a decoded row is split: a prefill chunk's rows already fill the device.
+        // Only a decoded row is split (a prefill chunk's rows already fill the device), and only
+        // where the session built the split dispatches.
+        let can_split = self.layers.iter().all(|l| l.attention.split.is_some());
         let n_parts = match rows {
-            1 => attention::decode_parts(n_slots, c.n_heads as u32, gpu.decode_workgroups),
+            1 if can_split => {
+                attention::decode_parts(n_slots, c.n_heads as u32, gpu.decode_workgroups)
+            }
             _ => 1,
         };
         self.attention_shape = attention::Params {
@@ -1478,16 +1504,19 @@ impl Session {
         let l = &self.layers[layer];
         recorder.matmul(gpu, Part::Qkv, &l.qkv, rows)?;
         let shape = &self.attention_shape;
+        let a = &l.attention;
         if let Some(projected) = self.projected(layer) {
-            if shape.n_parts > 1 {
-                let a = &l.attention;
-                let grid = a.row_variant.grid(gpu, shape)?;
-                recorder.record(Part::Attention, &a.row_split, grid);
-                let merge = &projected.merge;
-                recorder.record(Part::Attention, merge, merge.workgroups);
-            } else {
-                let d = &projected.attention;
-                recorder.record(Part::Attention, d, d.workgroups);
+            // begin_step splits a walk only where the session built the split dispatches.
+            match (&a.split, &projected.merge) {
+                (Some(split), Some(merge)) if shape.n_parts > 1 => {
+                    let grid = a.row_variant.grid(gpu, shape)?;
+                    recorder.record(Part::Attention, &split.row, grid);
+                    recorder.record(Part::Attention, merge, merge.workgroups);
+                }
+                _ => {
+                    let d = &projected.attention;
+                    recorder.record(Part::Attention, d, d.workgroups);
+                }
             }
             return Ok(());
         }
@@ -1498,22 +1527,22 @@ impl Session {
             return Ok(());
         }
         // The tiled form for prefill, as for matmuls: its threads are a tile's rows.
-        let a = &l.attention;
         debug_assert_eq!(shape.n_rows, rows, "begin_step set this step's shape");
-        let (variant, dispatch) = match (rows, shape.n_parts) {
-            (1, 1) => (a.row_variant, &a.row),
-            (1, _) => (a.row_variant, &a.row_split),
-            _ => (a.tile_variant, &a.tile),
-        };
-        recorder.record(Part::Attention, dispatch, variant.grid(gpu, shape)?);
-        if shape.n_parts > 1 {
-            let merge =
-                attention_merge::Params::new(shape.n_parts, 1, c.n_heads as u32, c.head_dim as u32);
-            recorder.record(
-                Part::Attention,
-                &a.merge,
-                attention_merge::Variant::Pairs.grid(gpu, &merge)?,
-            );
+        match (rows, &a.split) {
+            (1, Some(split)) if shape.n_parts > 1 => {
+                let grid = a.row_variant.grid(gpu, shape)?;
+                recorder.record(Part::Attention, &split.row, grid);
+                let merge = attention_merge::Params::new(
+                    shape.n_parts,
+                    1,
+                    c.n_heads as u32,
+                    c.head_dim as u32,
+                );
+                let grid = attention_merge::Variant::Pairs.grid(gpu, &merge)?;
+                recorder.record(Part::Attention, &split.merge, grid);
+            }
+            (1, _) => recorder.record(Part::Attention, &a.row, a.row_variant.grid(gpu, shape)?),
+            _ => recorder.record(Part::Attention, &a.tile, a.tile_variant.grid(gpu, shape)?),
         }
         Ok(())
     }
