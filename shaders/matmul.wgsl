@@ -34,6 +34,9 @@
 //     row, its lanes taking the row's chunks in turn, so that neighbouring lanes read neighbouring
 //     blocks of one weight row, and one subgroupAdd per column meets their sums (and, with NORM,
 //     the row's squares).
+//   Both matvec forms sum a block's products on its codes and scale the sum once
+//   (common/quant.wgsl's chunk_sum) rather than decode each weight: for Q4 blocks the 32
+//   multiply-adds of d * code + m per block and row become 8.
 //   tile (prefill): x in a storage buffer; an invocation computes 4 rows x 8 columns, so a
 //     decoded weight serves 4 rows and an x value 8 columns (SWIGLU: the gate and up rows of 4
 //     outputs).
@@ -285,16 +288,27 @@ fn sums(w0: Row, w1: Row, w2: Row, w3: Row, x_row: u32, first: u32, step: u32) -
         let c1 = chunk_at(w1, k);
         let c2 = chunk_at(w2, k);
         let c3 = chunk_at(w3, k);
+        // The chunk's codes times x, and x's sum, for chunk_sum to scale once.
+        var p0 = vec4<f32>();
+        var p1 = vec4<f32>();
+        var p2 = vec4<f32>();
+        var p3 = vec4<f32>();
+        var x_sum = vec4<f32>();
         for (var g = 0u; g < 4u; g++) {
             let lo = k * CHUNK_ELEMS + lo_offset(g);
             let hi = k * CHUNK_ELEMS + hi_offset(g);
             let x_lo = x_in(x_row, lo);
             let x_hi = x_in(x_row, hi);
-            a0 = mac(a0, group_at(c0, g), x_lo, x_hi);
-            a1 = mac(a1, group_at(c1, g), x_lo, x_hi);
-            a2 = mac(a2, group_at(c2, g), x_lo, x_hi);
-            a3 = mac(a3, group_at(c3, g), x_lo, x_hi);
+            x_sum += x_lo + x_hi;
+            p0 = mac(p0, codes_at(c0, g), x_lo, x_hi);
+            p1 = mac(p1, codes_at(c1, g), x_lo, x_hi);
+            p2 = mac(p2, codes_at(c2, g), x_lo, x_hi);
+            p3 = mac(p3, codes_at(c3, g), x_lo, x_hi);
         }
+        a0 = chunk_sum(a0, c0, p0, x_sum);
+        a1 = chunk_sum(a1, c1, p1, x_sum);
+        a2 = chunk_sum(a2, c2, p2, x_sum);
+        a3 = chunk_sum(a3, c3, p3, x_sum);
     }
     // Float formats only (their block is one weight): the weights after the last whole chunk.
     for (var i = n_chunks * CHUNK_ELEMS + 4u * first; i < n_in; i += 4u * step) {
@@ -599,6 +613,8 @@ fn main(
         let c5 = chunk_at(w5, k);
         let c6 = chunk_at(w6, k);
         let c7 = chunk_at(w7, k);
+        // Weights, not codes: a chunk_sum per column would hold 8 more vec4s in registers, which
+        // slowed prefill on lavapipe (128 tokens at 42-45 against 47-48 tok/s).
         for (var g = 0u; g < 4u; g++) {
             let x_lo = x_rows(x0, x1, x2, x3, k * CHUNK_ELEMS + lo_offset(g));
             let x_hi = x_rows(x0, x1, x2, x3, k * CHUNK_ELEMS + hi_offset(g));

@@ -14,9 +14,13 @@
 // (`weight_at`). A group holds weights for x[32c + lo_offset(g) ..+ 4] in `lo` and for
 // x[32c + hi_offset(g) ..+ 4] in `hi`: Q4 blocks keep weights j and j + 16 in one byte, so a
 // Q4 group is not 8 consecutive weights.
+// A matmul's inner loop needs no weights, only codes: `codes_at` gives a group's codes before the
+// block's scale (weight = d * code + m), and `chunk_sum` adds d * Σ code·x + m * Σ x for the chunk,
+// the scale applied once per block rather than to each of its 32 weights (as ggml's own dot
+// products do); the float formats' codes are their weights.
 // Each word of a block is loaded once. No load reaches past the word holding a row's last byte.
-// Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0 (F16 and BF16 also set HALF). Spec: ggml
-// block layouts (notes/model.md §4).
+// Flags: exactly one of F32, F16, BF16, Q4_0, Q4_1, Q8_0 (F16 and BF16 also set HALF, Q4_0 and
+// Q4_1 set Q4, the quantized formats PACKED). Spec: ggml block layouts (notes/model.md §4).
 
 const CHUNK_ELEMS: u32 = 32u;
 
@@ -86,6 +90,18 @@ fn group_at(ch: Chunk, g: u32) -> Group {
 
 fn weight_at(row: Row, i: u32) -> f32 {
     return bitcast<f32>(weight[(row.byte >> 2u) + i]);
+}
+#endif
+
+// ---- Float formats (not PACKED): a chunk's codes are its weights.
+#if PACKED
+#else
+fn codes_at(ch: Chunk, g: u32) -> Group {
+    return group_at(ch, g);
+}
+
+fn chunk_sum(acc: vec4<f32>, ch: Chunk, codes_x: vec4<f32>, x_sum: vec4<f32>) -> vec4<f32> {
+    return acc + codes_x;
 }
 #endif
 
@@ -213,7 +229,7 @@ fn chunk_at(row: Row, c: u32) -> Chunk {
     return Chunk(weight[q], weight[q + 1u], scale_d(row, c));
 }
 
-fn group_at(ch: Chunk, g: u32) -> Group {
+fn codes_at(ch: Chunk, g: u32) -> Group {
     var a: vec2<u32>;
     switch g {
         case 0u: { a = ch.q_lo.xy; }
@@ -221,7 +237,16 @@ fn group_at(ch: Chunk, g: u32) -> Group {
         case 2u: { a = ch.q_hi.xy; }
         default: { a = ch.q_hi.zw; }
     }
-    return Group(ch.d * signed_bytes(a.x), ch.d * signed_bytes(a.y));
+    return Group(signed_bytes(a.x), signed_bytes(a.y));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let codes = codes_at(ch, g);
+    return Group(ch.d * codes.lo, ch.d * codes.hi);
+}
+
+fn chunk_sum(acc: vec4<f32>, ch: Chunk, codes_x: vec4<f32>, x_sum: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(ch.d), codes_x, acc);
 }
 
 fn weight_at(row: Row, i: u32) -> f32 {
@@ -250,12 +275,7 @@ fn chunk_at(row: Row, c: u32) -> Chunk {
     return Chunk(weight[row.qs + c], d, -8.0 * d);
 }
 
-fn group_at(ch: Chunk, g: u32) -> Group {
-    let q = ch.q[g];
-    let d = vec4<f32>(ch.d);
-    let m = vec4<f32>(ch.m);
-    return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
-}
+
 
 fn weight_at(row: Row, i: u32) -> f32 {
     let c = i / 32u;
@@ -284,12 +304,7 @@ fn chunk_at(row: Row, c: u32) -> Chunk {
     return Chunk(weight[row.qs + c], f16_to_f32(dm & 0xffffu), f16_to_f32(dm >> 16u));
 }
 
-fn group_at(ch: Chunk, g: u32) -> Group {
-    let q = ch.q[g];
-    let d = vec4<f32>(ch.d);
-    let m = vec4<f32>(ch.m);
-    return Group(fma(d, nibbles_lo(q), m), fma(d, nibbles_hi(q), m));
-}
+
 
 fn weight_at(row: Row, i: u32) -> f32 {
     let c = i / 32u;
@@ -297,5 +312,24 @@ fn weight_at(row: Row, i: u32) -> f32 {
     let q = (qs_byte(row, c, j % 16u) >> (4u * (j / 16u))) & 15u;
     let dm = word_at(row.scales + c);
     return f16_to_f32(dm & 0xffffu) * f32(q) + f16_to_f32(dm >> 16u);
+}
+#endif
+
+// ---- Q4_0 and Q4_1: a chunk's codes are its nibbles, its weights d * nibble + m.
+#if Q4
+fn codes_at(ch: Chunk, g: u32) -> Group {
+    let q = ch.q[g];
+    return Group(nibbles_lo(q), nibbles_hi(q));
+}
+
+fn group_at(ch: Chunk, g: u32) -> Group {
+    let codes = codes_at(ch, g);
+    let d = vec4<f32>(ch.d);
+    let m = vec4<f32>(ch.m);
+    return Group(fma(d, codes.lo, m), fma(d, codes.hi, m));
+}
+
+fn chunk_sum(acc: vec4<f32>, ch: Chunk, codes_x: vec4<f32>, x_sum: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(ch.d), codes_x, fma(vec4<f32>(ch.m), x_sum, acc));
 }
 #endif

@@ -85,8 +85,8 @@ impl WeightFormat {
             // The two 2-byte formats share their decoding but for the last step (HALF).
             WeightFormat::F16 => &["F16", "HALF"],
             WeightFormat::BF16 => &["BF16", "HALF"],
-            WeightFormat::Q4_0 => &["Q4_0", "PACKED"],
-            WeightFormat::Q4_1 => &["Q4_1", "PACKED"],
+            WeightFormat::Q4_0 => &["Q4_0", "Q4", "PACKED"],
+            WeightFormat::Q4_1 => &["Q4_1", "Q4", "PACKED"],
             WeightFormat::Q8_0 => &["Q8_0", "PACKED"],
         }
     }
