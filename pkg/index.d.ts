@@ -162,8 +162,23 @@ export interface Chat {
   info(): Promise<ChatInfo>;
   /** Forgets the conversation but the system message. */
   reset(): Promise<void>;
+  /**
+   * Times each part of the last decode step on the GPU, as `sinkstar bench` does natively
+   * (every layer's dispatches of one part alone, `repeat` runs, default 3, median seconds).
+   * Its re-runs overwrite the KV cache, so it ends the chat: later calls reject with code
+   * 'disposed'. Rejects with code 'model' before any decode step.
+   */
+  profileDecode(repeat?: number): Promise<DecodePart[]>;
   /** Frees the KV cache; later calls reject with code 'disposed'. */
   dispose(): void;
+}
+
+/** One part of a decode step in `chat.profileDecode()`. */
+export interface DecodePart {
+  /** What the part computes, e.g. 'norm + gate/up projection + SwiGLU'. */
+  part: string;
+  /** Median seconds of the part alone, for every layer. */
+  secs: number;
 }
 
 /** From `model.bandwidth()`: the yardsticks `sinkstar bench` measures natively. */

@@ -5,8 +5,9 @@ lavapipe on the same machine, from one run of tests/browser/e2e.mjs.
 The first reply ("What is the capital of France?", 37 prompt tokens, greedy) runs in both; its
 prefill includes compiling every pipeline on first use (Chromium: WGSL to SPIR-V to
 SwiftShader's JIT). The browser's later turns (long prompts, short replies, pipelines warm)
-give its steady prefill and decode rates. Needs target/debug/sinkstar, pkg/wasm (scripts/
-build-wasm.sh) and tests/browser/node_modules.
+give its steady prefill and decode rates; then the adapter's streaming bandwidth and a profile
+of the last decode step (chat.profileDecode(), as `sinkstar bench` profiles natively). Needs
+target/debug/sinkstar, pkg/wasm (scripts/build-wasm.sh) and tests/browser/node_modules.
 Usage: python3 scripts/browser_speed.py [--long] [--from FILE] [--save FILE]
   --long       the e2e test's --long run (default 4 + 2044 ring, past 2,400 tokens)
   --from FILE  the JSON line an earlier e2e run printed, instead of running it
@@ -67,6 +68,14 @@ def main():
               f"later turns' decode reads {weights / 1e9:.2f} GB/s of weights "
               f"({bandwidth['weightBytesPerToken'] / 1e6:.1f} MB per token), {100 * weights / stream:.0f}% "
               f"of it; a dispatch costs {bandwidth['dispatchOverheadSecs'] * 1e6:.0f} us beyond its work.")
+    profile = run.get("profile")
+    if profile:
+        # chat.profileDecode(): each part of the last decode step alone, every layer, median.
+        total = sum(p["secs"] for p in profile)
+        print(f"\n| part of a decode step (Chromium, {run['adapter']}) | ms | share |")
+        print("| --- | ---: | ---: |")
+        for p in sorted(profile, key=lambda p: -p["secs"]):
+            print(f"| {p['part']} | {p['secs'] * 1e3:.1f} | {100 * p['secs'] / total:.0f}% |")
 
 
 if __name__ == "__main__":

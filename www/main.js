@@ -9,8 +9,9 @@
 //   data-tokens and data-token-ids (JSON), then data-done="true" when its reply has ended.
 // - URL parameters: model, policy, sinks, window, keepSystem, system, temperature, topP,
 //   maxTokens (initial settings);
-// - window.sinkstarDemo: { modelInfo, lastInfo, bandwidth() } (model.info(), and chat.info() after the
-//   last reply, reset or new chat), for tests that report speeds.
+// - window.sinkstarDemo: { modelInfo, lastInfo, bandwidth(), profileDecode(repeat) } (model.info(), and
+//   chat.info() after the last reply, reset or new chat; model.bandwidth(); chat.profileDecode(),
+//   which ends the chat), for tests that report speeds.
 
 import { RingView } from './ring.js';
 
@@ -47,9 +48,15 @@ const els = {
   applyNote: $('apply-note'),
 };
 const WELCOME = els.emptyHint.textContent;
-/** For tests and the console: the latest model.info() and chat.info(), and the adapter's
- * bandwidth (model.bandwidth()) on request. */
-const demo = { modelInfo: null, lastInfo: null, bandwidth: () => model.bandwidth() };
+/** For tests and the console: the latest model.info() and chat.info(), and on request the
+ * adapter's bandwidth (model.bandwidth()) and the last decode step's profile
+ * (chat.profileDecode(): the chat ends, Apply starts a new one). */
+const demo = {
+  modelInfo: null,
+  lastInfo: null,
+  bandwidth: () => model.bandwidth(),
+  profileDecode: (/** @type {number} */ repeat) => chat.profileDecode(repeat),
+};
 window.sinkstarDemo = demo;
 const ring = new RingView($('ring'), $('ring-stats'), $('ring-why'));
 

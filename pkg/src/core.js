@@ -387,6 +387,26 @@ export class Chat {
     return this.#run((raw) => raw.reset());
   }
 
+  /**
+   * Times each part of the last decode step on the GPU (every layer's dispatches of that part
+   * alone, `repeat` runs, median seconds), as `sinkstar bench` does natively. The re-runs
+   * overwrite the KV cache, so this ends the chat: later calls fail 'disposed'.
+   * @param {number} [repeat]
+   * @returns {Promise<{ part: string, secs: number }[]>}
+   */
+  async profileDecode(repeat = 3) {
+    try {
+      const profile = await this.#run((raw) => {
+        // The bindings take the chat over (and free it), whatever the outcome.
+        this.#raw = undefined;
+        return raw.profileDecode(repeat);
+      });
+      return JSON.parse(profile);
+    } finally {
+      this.dispose();
+    }
+  }
+
   /** Frees the chat's KV cache once the running step is done; later calls fail 'disposed'. */
   dispose() {
     if (this.#disposed) return;

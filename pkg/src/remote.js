@@ -221,6 +221,17 @@ export class WorkerChat {
     return this.#request({ type: 'reset' }).done;
   }
 
+  /**
+   * Times each part of the last decode step on the GPU; ends the chat (see core.js).
+   * @param {number} [repeat]
+   * @returns {Promise<{ part: string, secs: number }[]>}
+   */
+  profileDecode(repeat = 3) {
+    const profile = this.#request({ type: 'profile-decode', repeat }).done;
+    this.#disposed = true;
+    return profile;
+  }
+
   /** Frees the chat's KV cache in the worker; later calls fail 'disposed'. */
   dispose() {
     if (this.#disposed) return;

@@ -69,6 +69,11 @@ self.onmessage = async ({ data: m }) => {
       case 'reset':
         await chat(m.chat).reset();
         return answer('done');
+      case 'profile-decode': {
+        const profiling = chat(m.chat).profileDecode(m.repeat);
+        chats.delete(m.chat);
+        return answer('done', { value: await profiling });
+      }
       case 'send': {
         const abort = new AbortController();
         /** @type {Reply} */

@@ -317,6 +317,30 @@ impl WasmChat {
         Ok(())
     }
 
+    /// Times each part of the last decode step on the GPU, as `sinkstar bench` does natively
+    /// ([`crate::model::Session::profile_decode`]): `repeat` runs of each part alone for every
+    /// layer, median seconds. Resolves to JSON `[{"part", "secs"}]`. The parts' re-runs
+    /// overwrite the cache, so this ends the chat (the object can no longer be used).
+    #[wasm_bindgen(js_name = profileDecode)]
+    pub fn profile_decode(self, repeat: usize) -> js_sys::Promise {
+        wasm_bindgen_futures::future_to_promise(async move {
+            // A step's promise holds the other reference until it settles.
+            let chat = Rc::try_unwrap(self.chat).map_err(|_| busy())?;
+            let session = chat.into_inner().into_session();
+            let projects = session.projects_in_attention();
+            let profile = session.profile_decode_async(repeat).await?;
+            let parts: Vec<_> = profile
+                .iter()
+                .map(|(part, secs)| {
+                    serde_json::json!({"part": part.name_in_step(projects), "secs": secs})
+                })
+                .collect();
+            Ok(JsValue::from_str(
+                &serde_json::Value::from(parts).to_string(),
+            ))
+        })
+    }
+
     /// Forgets the conversation but its system message; the cache stays allocated.
     pub fn reset(&self) -> Result<(), JsValue> {
         let mut chat = self.chat.try_borrow_mut().map_err(|_| busy())?;

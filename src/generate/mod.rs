@@ -337,6 +337,11 @@ impl Chat {
         &self.session
     }
 
+    /// Ends the conversation, handing back its session (e.g. to profile its last decode step).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
     /// Swaps the chat's session for `session` (its buffers are freed) and starts over.
     pub fn set_session(&mut self, session: Session) {
         self.session = session;

@@ -55,6 +55,15 @@ impl Part {
             Part::Sample => "sampler",
         }
     }
+
+    /// [`Part::name`] in a profile of a session where attention may also compute the output
+    /// projection ([`Session::projects_in_attention`](super::Session::projects_in_attention)).
+    pub fn name_in_step(self, projects_in_attention: bool) -> &'static str {
+        match self {
+            Part::Attention if projects_in_attention => "attention + output projection",
+            _ => self.name(),
+        }
+    }
 }
 
 /// Records a step's dispatches into a compute pass, each under its [`Part`]: all of them, or

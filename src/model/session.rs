@@ -1304,7 +1304,12 @@ impl Session {
     /// does not run (the output projection, when attention computes it) is left out. Parts
     /// re-run out of order overwrite the cache and the activations, so the session is consumed.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile_decode(mut self, repeat: usize) -> Result<Vec<(Part, f64)>> {
+    pub fn profile_decode(self, repeat: usize) -> Result<Vec<(Part, f64)>> {
+        pollster::block_on(self.profile_decode_async(repeat))
+    }
+
+    /// [`Session::profile_decode`], awaiting the GPU instead of blocking (the browser's form).
+    pub async fn profile_decode_async(mut self, repeat: usize) -> Result<Vec<(Part, f64)>> {
         let sampling = self.last_sampling.ok_or(ModelError::NothingToDecode)?;
         let head = Head::Sample(&sampling);
         let gpu = self.model.gpu().clone();
@@ -1318,7 +1323,7 @@ impl Session {
                 }
                 let start = web_time::Instant::now();
                 gpu.queue.submit([encoder.finish()]);
-                pollster::block_on(gpu.finish())?;
+                gpu.finish().await?;
                 if run > 0 {
                     secs.push(start.elapsed().as_secs_f64());
                 }

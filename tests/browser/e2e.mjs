@@ -188,7 +188,9 @@ async function chat(base, native) {
     await page.screenshot({ path: path.join(outDir, 'demo-wrapped.png') });
     // The adapter's streaming bandwidth, for decode's share of it (scripts/browser_speed.py).
     const bandwidth = await page.evaluate(() => window.sinkstarDemo.bandwidth());
-    return { adapter, info, turns, bandwidth };
+    // Where a decoded token's time goes (ends the chat: nothing follows it).
+    const profile = await page.evaluate(() => window.sinkstarDemo.profileDecode(3));
+    return { adapter, info, turns, bandwidth, profile };
   } finally {
     await context.close();
   }
@@ -200,8 +202,8 @@ try {
   log(`serving at ${base}`);
   const native = nativeReply();
   await noWebgpu(base);
-  const { adapter, info, turns, bandwidth } = await chat(base, native);
-  console.log(JSON.stringify({ adapter, browser: info.last, turns, native, bandwidth }));
+  const { adapter, info, turns, bandwidth, profile } = await chat(base, native);
+  console.log(JSON.stringify({ adapter, browser: info.last, turns, native, bandwidth, profile }));
   log('passed');
 } catch (e) {
   log(`FAILED: ${e.message}`);

@@ -1,7 +1,7 @@
 // Type-checked (never run) by tests/npm/run.sh with `tsc --noEmit` against the packed package:
 // the declarations in pkg/index.d.ts must describe this usage, and reject the marked mistake.
 import { Sinkstar, SinkstarError } from 'sinkstar';
-import type { ChatInfo, ErrorCode, LoadProgress, Model, ModelInfo } from 'sinkstar';
+import type { ChatInfo, DecodePart, ErrorCode, LoadProgress, Model, ModelInfo } from 'sinkstar';
 
 export async function usage(file: File, bytes: Uint8Array): Promise<string> {
   const phases: LoadProgress['phase'][] = [];
@@ -43,6 +43,9 @@ export async function usage(file: File, bytes: Uint8Array): Promise<string> {
   const stop: 'eos' | 'maxtokens' | 'cancelled' | undefined = state.last?.stop;
   await chat.reset();
   chat.dispose();
+  const profiled = model.chat({});
+  const parts: DecodePart[] = await profiled.profileDecode(3);
+  const gateUpSecs: number = parts.find((p) => p.part.startsWith('norm + gate/up'))?.secs ?? 0;
   model.dispose();
 
   // The worker form takes the same sources and gives the same interface.
@@ -65,5 +68,5 @@ export async function usage(file: File, bytes: Uint8Array): Promise<string> {
   // @ts-expect-error an unknown attention policy
   model.chat({ attention: { policy: 'full' } });
 
-  return `${text} ${layers} ${f16} ${tokensPerSec} ${stop} ${phases.length}`;
+  return `${text} ${layers} ${f16} ${tokensPerSec} ${stop} ${phases.length} ${gateUpSecs}`;
 }

@@ -482,10 +482,7 @@ fn bench_basic(
     // session, whose caches the out-of-order re-runs overwrite).
     let projects = session.projects_in_attention();
     let profile = session.profile_decode(repeat)?;
-    let name = |part: Part| match part {
-        Part::Attention if projects => "attention + output projection",
-        _ => part.name(),
-    };
+    let name = |part: Part| part.name_in_step(projects);
     let profiled: f64 = profile.iter().map(|(_, secs)| secs).sum();
     println!(
         "decode profile (each part of a step alone, all layers; the parts sum to {:.1} ms):",

@@ -51,6 +51,26 @@ async function expectError(code, body) {
   throw new Error(`expected an error with code ${code}, got none`);
 }
 
+/**
+ * chat.profileDecode(): rejected before any decode step ('model'), then every part of the last
+ * step timed; either way the chat has ended.
+ */
+async function profiled(model) {
+  const fresh = model.chat();
+  await expectError('model', fresh.profileDecode(1));
+  await expectError('disposed', fresh.info());
+  const chat = model.chat({ sampling: { temperature: 0 }, maxTokens: 4 });
+  for await (const piece of chat.send(QUESTION)) expect(piece.length > 0, 'non-empty pieces');
+  const parts = await chat.profileDecode(1);
+  expect(
+    parts.length >= 5 && parts.every((p) => typeof p.part === 'string' && p.secs > 0),
+    `every part timed: ${JSON.stringify(parts)}`,
+  );
+  expect(parts.some((p) => p.part.includes('gate/up')), 'the FFN among the parts');
+  await expectError('disposed', chat.info());
+  return { parts: parts.map((p) => `${p.part}: ${(p.secs * 1e3).toFixed(1)} ms`) };
+}
+
 /** Loads with a progress record: the phases seen and the last report of each. */
 async function load(how) {
   const phases = {};
@@ -147,6 +167,8 @@ async function main() {
     chat.dispose();
   });
 
+  await step('decode profile', () => profiled(model));
+
   await step('dispose', async () => {
     direct.chat.dispose();
     await expectError('disposed', direct.chat.info());
@@ -182,6 +204,8 @@ async function main() {
   );
 
   await step('worker abort', () => aborted(inWorker.chat));
+
+  await step('worker decode profile', () => profiled(worker.model));
 
   await step('worker errors and dispose', async () => {
     await expectError('options', worker.model.chat({ attention: { sinks: 'four' } }).info());
