@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""llama.cpp CPU speed on SmolLM2-135M-Instruct.Q4_1.gguf, for comparison with sinkstar.
+"""llama.cpp speed on SmolLM2-135M-Instruct.Q4_1.gguf, for comparison with sinkstar.
 
-Measures, through llama-cpp-python (CPU only, n_threads = n_threads_batch = number of cores
-unless --threads is given, n_batch = n_ubatch = 512, f16 KV cache, flash attention off):
+Measures, through llama-cpp-python (on the CPU unless --gpu-layers offloads layers to a GPU,
+which needs llama-cpp-python built with its Vulkan or CUDA backend, e.g.
+CMAKE_ARGS="-DGGML_VULKAN=on" pip install llama-cpp-python==0.3.36; n_threads =
+n_threads_batch = number of cores unless --threads is given, n_batch = n_ubatch = 512, f16 KV
+cache, flash attention off):
 
   prompt_N    prompt evaluation of an N-token prompt for each N of --prompts (default 128,
               512, 2048; batches of 512 tokens), tok/s
@@ -25,7 +28,8 @@ Output: JSON to stdout (and to --out FILE), with the machine (nproc, CPU model f
 token sequences are deterministic.
 
 Rerun:
-    python3 scripts/bench_llamacpp.py [--model PATH] [--reps 5] [--threads N] [--out FILE]
+    python3 scripts/bench_llamacpp.py [--model PATH] [--reps 5] [--threads N] [--gpu-layers N]
+        [--out FILE]
 """
 
 import argparse
@@ -67,6 +71,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads (default: nproc)")
     ap.add_argument("--gen", type=int, default=128, help="tokens to generate")
     ap.add_argument("--prompts", default="128,512,2048", help="prompt lengths to time")
+    ap.add_argument("--gpu-layers", type=int, default=0,
+                    help="layers offloaded to a GPU (default 0: CPU only; -1: all), needs a GPU build")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -82,7 +88,7 @@ def main():
         n_ubatch=N_BATCH,
         n_threads=args.threads,
         n_threads_batch=args.threads,
-        n_gpu_layers=0,
+        n_gpu_layers=args.gpu_layers,
         logits_all=False,
         flash_attn=False,
         seed=0,
@@ -147,7 +153,7 @@ def main():
         "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform()},
         "versions": {"llama-cpp-python": pkg_version("llama-cpp-python"), "numpy": np.__version__,
                      "python": platform.python_version()},
-        "params": {"n_threads": args.threads, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_ctx": n_ctx,
+        "params": {"n_threads": args.threads, "n_gpu_layers": args.gpu_layers, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_ctx": n_ctx,
                    "kv_cache": "f16", "flash_attn": False, "reps": args.reps, "warmup_runs": 1},
         "timing": "llama_perf_context counters (t_p_eval_ms/n_p_eval, t_eval_ms/n_eval); wall_tok_s = perf_counter "
                   "around the llama-cpp-python calls",

@@ -4,7 +4,7 @@
 Runs `sinkstar bench` (prefill at 128, 512 and 2048 tokens, decode of 128 tokens, the device's
 streaming bandwidth by the stream kernel and decode's weight bandwidth against it, dispatches
 and submissions per token, GPU memory; on whatever adapter wgpu picks: lavapipe on machines
-without a GPU) and scripts/bench_llamacpp.py (llama-cpp-python on the CPU, all cores) one after
+without a GPU) and scripts/bench_llamacpp.py (llama-cpp-python, all cores) one after
 the other in the same run, writes both JSON results and a combined one (speed.json) to
 --out-dir and prints the markdown the README carries. Single runs swing a lot on small shared
 machines: compare figures only within one run.
@@ -14,6 +14,10 @@ Needs: the model (scripts/fetch-model.sh), a built sinkstar (cargo build), and
 
 Rerun:
     python3 scripts/speed_table.py [--model PATH] [--out-dir DIR] [--prompts 128,512,2048]
+        [--llama-gpu-layers N]
+On a machine with a GPU, sinkstar runs on it (wgpu picks it) and --llama-gpu-layers -1 puts
+llama.cpp's layers on it too (llama-cpp-python built with GGML_VULKAN or GGML_CUDA: see
+scripts/bench_llamacpp.py).
 """
 
 import argparse
@@ -41,6 +45,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--prompts", default="128,512,2048")
     parser.add_argument("--bin", help="sinkstar binary [default: cargo build's]")
+    parser.add_argument("--llama-gpu-layers", type=int, default=0,
+                        help="llama.cpp layers on a GPU (default 0: CPU; -1: all)")
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,8 @@ def main():
     llama_json = out / "llama_cpp.json"
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_llamacpp.py"), "--model", args.model,
-         "--reps", str(args.repeat), "--prompts", args.prompts, "--out", str(llama_json)],
+         "--reps", str(args.repeat), "--prompts", args.prompts,
+         "--gpu-layers", str(args.llama_gpu_layers), "--out", str(llama_json)],
         cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
     ours = json.loads(sinkstar_json.read_text())
@@ -72,14 +79,17 @@ def main():
             for n in prompts]
     rows.append(("generation, 128 tokens", ours["decode_tok_per_s"],
                  results["gen_128"]["llama_perf_tok_s"]["median"]))
+    gpu_layers = theirs["params"].get("n_gpu_layers", 0)
+    where = f"{gpu_layers} layers on the GPU" if gpu_layers > 0 else (
+        "all layers on the GPU" if gpu_layers < 0 else "CPU")
     machine = (f"{os.cpu_count()} cores, {cpu_model()}; sinkstar on {ours['device']} "
-               f"({ours['backend']}), llama.cpp {theirs['versions']['llama-cpp-python']} CPU with "
+               f"({ours['backend']}), llama.cpp {theirs['versions']['llama-cpp-python']} {where} with "
                f"{theirs['params']['n_threads']} threads")
     (out / "speed.json").write_text(json.dumps(
         {"machine": machine, "sinkstar": ours, "llama_cpp": theirs,
          "ratios": {name: a / b for name, a, b in rows}}, indent=1) + "\n")
     print(f"Machine: {machine}.\n")
-    print("| tok/s | sinkstar (wgpu) | llama.cpp (CPU) | ratio |")
+    print(f"| tok/s | sinkstar (wgpu) | llama.cpp ({'CPU' if gpu_layers == 0 else 'GPU'}) | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for name, a, b in rows:
         print(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
