@@ -275,8 +275,6 @@ fn chunk_at(row: Row, c: u32) -> Chunk {
     return Chunk(weight[row.qs + c], d, -8.0 * d);
 }
 
-
-
 fn weight_at(row: Row, i: u32) -> f32 {
     let c = i / 32u;
     let j = i % 32u;
@@ -303,8 +301,6 @@ fn chunk_at(row: Row, c: u32) -> Chunk {
     let dm = word_at(row.scales + c);
     return Chunk(weight[row.qs + c], f16_to_f32(dm & 0xffffu), f16_to_f32(dm >> 16u));
 }
-
-
 
 fn weight_at(row: Row, i: u32) -> f32 {
     let c = i / 32u;
